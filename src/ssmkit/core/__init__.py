@@ -1,0 +1,1 @@
+"""The shared core: pure tensor functions (no nn.Module, no optional dependencies)."""

@@ -37,9 +37,7 @@ def check_shape(name: str, x: Tensor, expected: Sequence[int | None], shape_doc:
     )
     if not ok:
         want = "(" + ", ".join("?" if e is None else str(e) for e in expected) + ")"
-        raise ValueError(
-            f"{name} must have shape {shape_doc} = {want}, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape {shape_doc} = {want}, got shape {tuple(x.shape)}")
     return x
 
 

@@ -72,7 +72,9 @@ def _expm1_complex(z: Tensor) -> Tensor:
     return torch.complex(re, im)
 
 
-def discretize_dense(A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh") -> tuple[Tensor, Tensor]:
+def discretize_dense(
+    A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh"
+) -> tuple[Tensor, Tensor]:
     """Discretise a dense SSM.
 
     Args:

@@ -1,0 +1,180 @@
+"""Benchmark suites: each case times a fast path against its in-package reference.
+
+A case yields rows (one per implementation) with forward time, forward+backward time where it
+applies, peak extra memory, and the speed-up over the reference row of the same case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ssmkit.bench.measure import peak_memory_mb, time_ms
+from ssmkit.core.discretize import discretize_dense, discretize_diag, dplr_to_dense
+from ssmkit.core.init import log_uniform_dt, s4d_init
+from ssmkit.core.kernels import kernel_dense, kernel_diag, kernel_dplr
+from ssmkit.ops import scan
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Row:
+    suite: str  # "kernels" or "scan"
+    case: str  # shape description
+    impl: str  # implementation name; "ref" is the baseline
+    fwd_ms: float
+    fwd_bwd_ms: float | None
+    peak_mb: float | None
+    speedup: float | None = None  # ref fwd time / this fwd time (same case)
+    note: str = ""
+
+
+SIZES = ("tiny", "default", "full")
+
+
+@dataclass(frozen=True)
+class Settings:
+    size: str  # "tiny" (smoke test), "default" (a minute on 2 cores), "full" (issue sizes)
+    repeat: int  # timed runs per measurement (median)
+    device: str
+
+
+def _measure(
+    suite: str, case: str, impl: str, fwd: Callable[[], Tensor], inputs: list[Tensor], s: Settings
+) -> Row:
+    with torch.no_grad():
+        fwd_ms = time_ms(fwd, repeat=s.repeat, device=s.device)
+        peak = peak_memory_mb(fwd, s.device)
+    fwd_bwd_ms = None
+    if inputs:
+
+        def fwd_bwd() -> None:
+            for x in inputs:
+                x.grad = None
+            fwd().real.sum().backward()
+
+        for x in inputs:
+            x.requires_grad_(True)
+        fwd_bwd_ms = time_ms(fwd_bwd, repeat=s.repeat, device=s.device)
+        for x in inputs:
+            x.requires_grad_(False)
+            x.grad = None
+    return Row(suite, case, impl, fwd_ms, fwd_bwd_ms, peak)
+
+
+def _with_speedups(rows: list[Row]) -> list[Row]:
+    ref = next((r for r in rows if r.impl.startswith("ref")), None)
+    for r in rows:
+        if ref is not None:
+            r.speedup = ref.fwd_ms / r.fwd_ms
+    return rows
+
+
+def _diag_system(h: int, n: int, device: str) -> tuple[Tensor, Tensor, Tensor]:
+    A = s4d_init("lin", 2 * n, dtype=torch.complex64).to(device).expand(h, n)  # (h, n)
+    dt = log_uniform_dt(h, generator=torch.Generator().manual_seed(0)).to(device)  # (h,)
+    B = torch.ones(h, n, dtype=torch.complex64, device=device)
+    C = torch.randn(h, n, dtype=torch.complex64, device=device)
+    A_bar, B_bar = discretize_diag(A, B, dt, "zoh")
+    return A_bar, B_bar, C
+
+
+def kernel_cases(s: Settings) -> Iterator[list[Row]]:
+    """Vandermonde (S4D) and Cauchy (S4) kernels vs dense powering of the same SSM."""
+    sizes = {
+        "tiny": [(8, 4, 64)],
+        "default": [(256, 32, 1024), (256, 32, 16384)],
+        "full": [(256, 32, 1024), (1024, 32, 1024), (256, 32, 16384), (1024, 32, 16384)],
+    }[s.size]
+    for h, n, L in sizes:
+        case = f"h={h} N={2 * n} L={L}"
+        A_bar, B_bar, C = _diag_system(h, n, s.device)
+        dense_A = torch.diag_embed(A_bar)
+        rows = []
+        if L <= 1024 or s.size == "full":
+            rows.append(
+                _measure(
+                    "kernels", case, "ref: dense powering",
+                    lambda: 2 * kernel_dense(dense_A, B_bar, C, L).real, [], s,
+                )
+            )  # fmt: skip
+        rows.append(
+            _measure(
+                "kernels", case, "diag: chunked Vandermonde",
+                lambda: kernel_diag(A_bar, B_bar, C, L), [C], s,
+            )
+        )  # fmt: skip
+        rows.append(
+            _measure(
+                "kernels", case, "diag: materialised (h,n,L)",
+                lambda: _vandermonde_materialised(A_bar, B_bar, C, L), [C], s,
+            )
+        )  # fmt: skip
+        rows[-1].note = "what the reference S4D code does"
+        yield _with_speedups(rows)
+    for h, n, L in sizes:
+        case = f"h={h} N={2 * n} L={L} (DPLR)"
+        Lam = s4d_init("legs", 2 * n, dtype=torch.complex64).to(s.device).expand(h, n)
+        P = 0.1 * torch.randn(h, 1, n, dtype=torch.complex64, device=s.device)
+        B = torch.ones(h, n, dtype=torch.complex64, device=s.device)
+        Ct = torch.randn(h, n, dtype=torch.complex64, device=s.device)
+        dt = log_uniform_dt(h, generator=torch.Generator().manual_seed(0)).to(s.device)
+        rows = []
+        if L <= 1024:
+            full = lambda x: torch.cat([x, x.conj()], -1)  # noqa: E731
+            Ad, Bd = discretize_dense(
+                dplr_to_dense(full(Lam), full(P), full(P)), full(B).unsqueeze(-1), dt, "bilinear"
+            )
+            Bd = Bd.squeeze(-1)
+            rows.append(
+                _measure(
+                    "kernels", case, "ref: dense powering",
+                    lambda: kernel_dense(Ad, Bd, full(Ct), L).real, [], s,
+                )
+            )  # fmt: skip
+        rows.append(
+            _measure(
+                "kernels", case, "dplr: Cauchy + Woodbury",
+                lambda: kernel_dplr(Lam, P, P, B, Ct, dt, L), [Ct, P], s,
+            )
+        )  # fmt: skip
+        yield _with_speedups(rows)
+
+
+def _vandermonde_materialised(A_bar: Tensor, B_bar: Tensor, C: Tensor, L: int) -> Tensor:
+    """The naive kernel: builds the whole (h, n, L) power table (for comparison only)."""
+    powers = torch.exp(torch.log(A_bar).unsqueeze(-1) * torch.arange(L, device=A_bar.device))
+    return 2 * torch.einsum("hn,hnl->hl", C * B_bar, powers).real
+
+
+def scan_cases(s: Settings) -> Iterator[list[Row]]:
+    """Scan backends vs the sequential loop at a Mamba-like shape (real decays)."""
+    shapes = {
+        "tiny": [(2, 33, 8, 4)],
+        "default": [(1, 1024, 256, 16), (8, 1024, 64, 16)],
+        "full": [(1, 4096, 1536, 16), (8, 1024, 256, 16)],
+    }[s.size]
+    gen = torch.Generator().manual_seed(0)
+    for shape in shapes:
+        b, l, d, n = shape
+        case = f"b={b} l={l} d={d} n={n}"
+        a = torch.rand(*shape, generator=gen).to(s.device) * 0.5 + 0.5
+        x = torch.randn(*shape, generator=gen).to(s.device)
+        rows = []
+        for backend in ("ref", "chunked", "associative"):
+            rows.append(
+                _measure(
+                    "scan", case, backend if backend != "ref" else "ref: sequential loop",
+                    lambda be=backend: scan(a, x, backend=be)[0], [a, x], s,
+                )
+            )  # fmt: skip
+        yield _with_speedups(rows)
+
+
+SUITES: dict[str, Callable[[Settings], Iterator[list[Row]]]] = {
+    "kernels": kernel_cases,
+    "scan": scan_cases,
+}

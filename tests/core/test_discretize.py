@@ -84,7 +84,7 @@ def test_per_step_dt_broadcasts():
     A, B, _ = stable_diag(3, 4)
     dt = torch.rand(2, 5, 3, dtype=torch.float64) + 0.01
     A_bar, B_bar = discretize_diag(A, B, dt, "zoh")
-    assert A_bar.shape == (2, 5, 3, 4)
+    assert A_bar.shape == B_bar.shape == (2, 5, 3, 4)
     one, _ = discretize_diag(A, B, dt[1, 2], "zoh")
     assert_close(A_bar[1, 2], one)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -98,19 +99,19 @@ def kernel_cases(s: Settings) -> Iterator[list[Row]]:
             rows.append(
                 _measure(
                     "kernels", case, "ref: dense powering",
-                    lambda: 2 * kernel_dense(dense_A, B_bar, C, L).real, [], s,
+                    partial(_real_kernel, kernel_dense, 2.0, dense_A, B_bar, C, L), [], s,
                 )
             )  # fmt: skip
         rows.append(
             _measure(
                 "kernels", case, "diag: chunked Vandermonde",
-                lambda: kernel_diag(A_bar, B_bar, C, L), [C], s,
+                partial(kernel_diag, A_bar, B_bar, C, L), [C], s,
             )
         )  # fmt: skip
         rows.append(
             _measure(
                 "kernels", case, "diag: materialised (h,n,L)",
-                lambda: _vandermonde_materialised(A_bar, B_bar, C, L), [C], s,
+                partial(_vandermonde_materialised, A_bar, B_bar, C, L), [C], s,
             )
         )  # fmt: skip
         rows[-1].note = "what the reference S4D code does"
@@ -132,16 +133,24 @@ def kernel_cases(s: Settings) -> Iterator[list[Row]]:
             rows.append(
                 _measure(
                     "kernels", case, "ref: dense powering",
-                    lambda: kernel_dense(Ad, Bd, full(Ct), L).real, [], s,
+                    partial(_real_kernel, kernel_dense, 1.0, Ad, Bd, full(Ct), L), [], s,
                 )
             )  # fmt: skip
         rows.append(
             _measure(
                 "kernels", case, "dplr: Cauchy + Woodbury",
-                lambda: kernel_dplr(Lam, P, P, B, Ct, dt, L), [Ct, P], s,
+                partial(kernel_dplr, Lam, P, P, B, Ct, dt, L), [Ct, P], s,
             )
         )  # fmt: skip
         yield _with_speedups(rows)
+
+
+def _real_kernel(fn: Callable[..., Tensor], scale: float, *args: object) -> Tensor:
+    return scale * fn(*args).real
+
+
+def _scan_states(a: Tensor, x: Tensor, backend: str) -> Tensor:
+    return scan(a, x, backend=backend)[0]
 
 
 def _vandermonde_materialised(A_bar: Tensor, B_bar: Tensor, C: Tensor, L: int) -> Tensor:
@@ -168,7 +177,7 @@ def scan_cases(s: Settings) -> Iterator[list[Row]]:
             rows.append(
                 _measure(
                     "scan", case, backend if backend != "ref" else "ref: sequential loop",
-                    lambda be=backend: scan(a, x, backend=be)[0], [a, x], s,
+                    partial(_scan_states, a, x, backend), [a, x], s,
                 )
             )  # fmt: skip
         yield _with_speedups(rows)

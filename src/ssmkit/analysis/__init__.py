@@ -1,0 +1,1 @@
+"""Inspection and plotting tools: HiPPO reconstructions, kernels, token dynamics."""

@@ -81,5 +81,5 @@ def grads(
         w = randn(*o.shape, dtype=o.dtype, seed=seed + i)
         total = total + (o * w.conj()).real.sum() if o.is_complex() else total + (o * w).sum()
     wanted = [x for x in inputs if x.requires_grad]
-    got = iter(torch.autograd.grad(total, wanted, allow_unused=True))
+    got = iter(torch.autograd.grad(total, wanted, allow_unused=True, materialize_grads=True))
     return [next(got) if x.requires_grad else None for x in inputs]

@@ -1,5 +1,6 @@
 """HiPPO matrices, their NPLR form, and online compression / reconstruction."""
 
+import itertools
 import math
 
 import pytest
@@ -63,7 +64,7 @@ def test_legs_error_falls_with_N():
 
     errors, _ = reconstruction_errors(demo_signal(2000), "legs", (8, 16, 32, 64))
     values = list(errors.values())
-    assert all(a > b for a, b in zip(values, values[1:], strict=False)), errors
+    assert all(a > b for a, b in itertools.pairwise(values)), errors
     assert values[-1] < 0.01 * values[0]
 
 

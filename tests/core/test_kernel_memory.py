@@ -32,10 +32,11 @@ base = kib("VmRSS")
 with torch.no_grad():
     if which == "diag":
         K = kernel_diag(A_bar, B_bar, C, L)
-        chunk_bytes = H * n * default_chunk(H, n, L) * 8
+        chunk_bytes = H * n * default_chunk(H, n, L) * 8  # the (H, n, c) powers, complex64
     else:
         K = kernel_dplr(Lam, P, P, B_bar, C, dt, L)
-        chunk_bytes = H * n * 4 * default_chunk(H, n * 4, L) * 8
+        # the (H, 2c, n) table of 1/d at c frequencies and their mirrors, complex64
+        chunk_bytes = H * 2 * n * default_chunk(H, 2 * n, L // 2 + 1) * 8
 print(json.dumps({"peak": (kib("VmHWM") - base) * 1024, "kernel": K.numel() * 4,
                   "chunk": chunk_bytes, "finite": bool(torch.isfinite(K).all())}))
 """

@@ -123,7 +123,7 @@ def test_dplr_conj_halves_equal_full_modes(L):
 
 
 def test_dplr_with_zero_low_rank_is_the_bilinear_vandermonde():
-    Lam, P, Q, B, C, dt = dplr_system()
+    Lam, P, _Q, B, C, dt = dplr_system()
     L = 100
     zero = torch.zeros_like(P)
     Ct = dplr_c_tilde(Lam, zero, zero, C, dt, L)

@@ -9,10 +9,11 @@ Three ways, one result:
   at the L-th roots of unity with a Cauchy kernel and the Woodbury identity, then inverts
   the FFT.
 
-The fast two never build an (*, n, L) tensor: they walk L (or the frequencies) in chunks whose
-temporary holds at most ``max(numel(K), 2**20)`` elements (:func:`default_chunk`), and when
-gradients are needed each chunk is recomputed in the backward pass (activation
-checkpointing), so training does not store the table either.
+The fast two never build an (*, n, L) tensor. The Vandermonde product splits l = s + j into
+blocks of c positions and reuses one (*, n, c) table of A^j for all blocks (a batched
+matmul). The Cauchy sums walk the frequencies in chunks, recomputed in the backward pass
+(activation checkpointing) when gradients are needed. Either way the temporary holds at
+most ``max(numel(K), 2**20)`` elements (:func:`default_chunk`).
 
 Conjugate pairs: with ``conj=True`` each stored mode stands for itself and its complex
 conjugate, so the kernel of the real system is 2 Re(sum over stored modes) (S4D, section 3).
@@ -124,15 +125,28 @@ def kernel_diag(
     cdtype = torch.promote_types(torch.promote_types(A_bar.dtype, C.dtype), torch.complex64)
     log_A = torch.log(A_bar.to(cdtype)).expand(*batch, n).reshape(-1, n)  # (B, n)
     CB = (C * B_bar).to(cdtype).expand(*batch, n).reshape(-1, n)  # (B, n)
+    if conj:
+        CB = CB * 2
     chunk = chunk or default_chunk(CB.shape[0], n, L)
-    (K,) = _chunked(_vandermonde, L, chunk, log_A, CB)  # (B, L)
-    K = K.real * (2 if conj else 1)
-    return K.reshape(*batch, L)
+    return _vandermonde(log_A, CB, L, chunk).reshape(*batch, L)
 
 
-def _vandermonde(pos: Tensor, log_A: Tensor, CB: Tensor) -> tuple[Tensor]:
-    powers = torch.exp(log_A.unsqueeze(-1) * pos)  # (B, n, c)
-    return ((CB.unsqueeze(-2) @ powers).squeeze(-2),)  # (B, c)
+def _vandermonde(log_A: Tensor, CB: Tensor, L: int, c: int) -> Tensor:
+    """Re(sum_n CB_n A_n^l) for l < L, in blocks of c: A^(s + j) = A^s A^j.
+
+    One (B, n, c) table of A^j (j < c) serves every block; block s contributes the rows
+    CB A^s of a (B, m, n) matrix, so the whole kernel is one batched matmul with the table,
+    done in four row groups written into the output so the complex product stays small.
+    """
+    m = -(-L // c)  # blocks
+    table = (log_A.unsqueeze(-1) * torch.arange(c, device=log_A.device)).exp_()  # (B, n, c)
+    starts = torch.arange(m, device=log_A.device) * c
+    rows = CB.unsqueeze(-2) * torch.exp(log_A.unsqueeze(-2) * starts.unsqueeze(-1))  # (B, m, n)
+    out = torch.empty(CB.shape[0], m, c, dtype=table.real.dtype, device=CB.device)
+    group = -(-m // 4)
+    for i in range(0, m, group):
+        out[:, i : i + group] = (rows[:, i : i + group] @ table).real
+    return out.flatten(1)[:, :L]
 
 
 def dplr_c_tilde(
@@ -212,23 +226,20 @@ def kernel_dplr(
     x01 = Cf.unsqueeze(-2) * Pf  # (B, r, n)
     x10 = Qc * Bf.unsqueeze(-2)  # (B, r, n)
     x11 = Qc.unsqueeze(-2) * Pf.unsqueeze(-3)  # (B, r, r, n): [i, j] = conj(Q_i) P_j
-    chunk = chunk or default_chunk(Lam.shape[0], n * (1 + r) ** 2, L)
-    k00, k01, k10, k11 = _chunked(
-        lambda pos, *a: _cauchy_sums(pos, L, *a), L, chunk, Lam, half_dt, x00, x01, x10, x11
-    )  # (B, L), (B, L, r), (B, L, r), (B, L, r, r)
-    if conj:  # partner mode at w_k = conj(own term at w_{L-k})
-        mirror = (-torch.arange(L, device=Lam.device)) % L
-        k00, k01, k10, k11 = (k + k[:, mirror].conj() for k in (k00, k01, k10, k11))
-    w = _roots_of_unity(torch.arange(L, device=Lam.device), L, cdtype)  # (L,)
-    s = (half_dt.unsqueeze(-1) * (1 + w)).unsqueeze(-1)  # (B, L, 1)
-    eye = torch.eye(r, dtype=cdtype, device=Lam.device)
-    correction = torch.linalg.solve(eye + s.unsqueeze(-1) * k11, k10.unsqueeze(-1))  # (B, L, r, 1)
-    K_hat = (
-        2
-        * half_dt.unsqueeze(-1)
-        * (k00 - s.squeeze(-1) * (k01.unsqueeze(-2) @ correction)[..., 0, 0])
-    )  # (B, L)
-    K = torch.fft.ifft(K_hat, n=L, dim=-1).real
+    half = L // 2 + 1  # K is real, so K_hat at k = 0 .. L/2 determines it (irfft)
+    chunk = chunk or default_chunk(Lam.shape[0], 2 * n, half)
+    (K_hat,) = _chunked(
+        lambda pos, *a: _dplr_spectrum(pos, L, conj, *a),
+        half,
+        chunk,
+        Lam,
+        half_dt,
+        x00,
+        x01,
+        x10,
+        x11,
+    )  # (B, half)
+    K = torch.fft.irfft(K_hat, n=L, dim=-1)
     return K.reshape(*batch, L)
 
 
@@ -238,9 +249,49 @@ def _roots_of_unity(pos: Tensor, L: int, dtype: torch.dtype) -> Tensor:
     return torch.polar(torch.ones_like(angle), angle)
 
 
-def _cauchy_sums(
+def _dplr_spectrum(
     pos: Tensor,
     L: int,
+    conj: bool,
+    Lam: Tensor,
+    half_dt: Tensor,
+    x00: Tensor,
+    x01: Tensor,
+    x10: Tensor,
+    x11: Tensor,
+) -> tuple[Tensor]:
+    """Hermitian part of K_hat at w_pos, from the Cauchy sums at w_pos and at w_{-pos}.
+
+    With ``conj`` the partner modes' sums at w_k are the conjugates of the stored modes' sums
+    at w_{-k}; they join before the Woodbury solve because P, Q couple all modes. Without
+    it, K = Re(ifft(K_hat)), whose spectrum is (K_hat(w_k) + conj(K_hat(w_{-k}))) / 2.
+    """
+    c = pos.shape[0]
+    w = _roots_of_unity(torch.cat([pos, (-pos) % L]), L, Lam.dtype)  # (2c,)
+    sums = _cauchy_sums(w, Lam, half_dt, x00, x01, x10, x11)
+    own, mirror = [k[:, :c] for k in sums], [k[:, c:] for k in sums]
+    s = half_dt.unsqueeze(-1) * (1 + w)  # (B, 2c)
+    if conj:
+        both = [a + b.conj() for a, b in zip(own, mirror, strict=True)]
+        return (_woodbury(*both, s[:, :c], half_dt),)
+    K_own, K_mirror = _woodbury(*own, s[:, :c], half_dt), _woodbury(*mirror, s[:, c:], half_dt)
+    return ((K_own + K_mirror.conj()) / 2,)
+
+
+def _woodbury(
+    k00: Tensor, k01: Tensor, k10: Tensor, k11: Tensor, s: Tensor, half_dt: Tensor
+) -> Tensor:
+    """K_hat = dt (k00 - s k01 (I + s k11)^{-1} k10): (B, c) from sums (B, c, [r, [r]])."""
+    r = k11.shape[-1]
+    eye = torch.eye(r, dtype=k11.dtype, device=k11.device)
+    s4 = s[..., None, None]  # (B, c, 1, 1)
+    correction = torch.linalg.solve(eye + s4 * k11, k10.unsqueeze(-1))  # (B, c, r, 1)
+    low_rank = (k01.unsqueeze(-2) @ correction)[..., 0, 0]  # (B, c)
+    return 2 * half_dt.unsqueeze(-1) * (k00 - s * low_rank)
+
+
+def _cauchy_sums(
+    w: Tensor,
     Lam: Tensor,
     half_dt: Tensor,
     x00: Tensor,
@@ -248,13 +299,12 @@ def _cauchy_sums(
     x10: Tensor,
     x11: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    w = _roots_of_unity(pos, L, Lam.dtype)  # (c,)
-    d = (1 - w).unsqueeze(-1) - (half_dt.unsqueeze(-1) * (1 + w)).unsqueeze(-1) * Lam.unsqueeze(
-        -2
-    )  # (B, c, n)
-    R = 1 / d
-    k00 = (R * x00.unsqueeze(-2)).sum(-1)  # (B, c)
-    k01 = R @ x01.transpose(-1, -2)  # (B, c, r)
-    k10 = R @ x10.transpose(-1, -2)  # (B, c, r)
-    k11 = torch.einsum("bcn,bijn->bcij", R, x11)  # (B, c, r, r)
+    """sum_n x_n / d_n(w) with d_n = (1 - w) - dt/2 (1 + w) Lambda_n, for each w in (f,)."""
+    R = (half_dt.unsqueeze(-1) * (1 + w)).unsqueeze(-1) * Lam.unsqueeze(-2)  # (B, f, n)
+    R = R.neg_().add_((1 - w).unsqueeze(-1)).reciprocal_()  # 1 / d, in place: one temporary
+    k00 = (R @ x00.unsqueeze(-1)).squeeze(-1)  # (B, f)
+    k01 = R @ x01.transpose(-1, -2)  # (B, f, r)
+    k10 = R @ x10.transpose(-1, -2)  # (B, f, r)
+    r = x11.shape[-2]
+    k11 = (R @ x11.flatten(1, 2).transpose(-1, -2)).unflatten(-1, (r, r))  # (B, f, r, r)
     return k00, k01, k10, k11

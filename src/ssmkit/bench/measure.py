@@ -9,6 +9,7 @@ counter is used.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import statistics
@@ -52,6 +53,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    gc.collect()  # garbage of earlier runs must not be freed inside fn and hide its peak
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None or not _reset_cpu_peak():
         return None
     base = _status_kib("VmRSS")

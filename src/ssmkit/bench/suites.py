@@ -104,7 +104,7 @@ def kernel_cases(s: Settings) -> Iterator[list[Row]]:
             )  # fmt: skip
         rows.append(
             _measure(
-                "kernels", case, "diag: chunked Vandermonde",
+                "kernels", case, "diag: blocked Vandermonde",
                 partial(kernel_diag, A_bar, B_bar, C, L), [C], s,
             )
         )  # fmt: skip

@@ -283,10 +283,13 @@ def _woodbury(
 ) -> Tensor:
     """K_hat = dt (k00 - s k01 (I + s k11)^{-1} k10): (B, c) from sums (B, c, [r, [r]])."""
     r = k11.shape[-1]
-    eye = torch.eye(r, dtype=k11.dtype, device=k11.device)
-    s4 = s[..., None, None]  # (B, c, 1, 1)
-    correction = torch.linalg.solve(eye + s4 * k11, k10.unsqueeze(-1))  # (B, c, r, 1)
-    low_rank = (k01.unsqueeze(-2) @ correction)[..., 0, 0]  # (B, c)
+    if r == 1:  # the S4 case: a scalar division instead of a batched solve
+        low_rank = k01[..., 0] * k10[..., 0] / (1 + s * k11[..., 0, 0])  # (B, c)
+    else:
+        eye = torch.eye(r, dtype=k11.dtype, device=k11.device)
+        system = eye + s[..., None, None] * k11  # (B, c, r, r)
+        correction = torch.linalg.solve(system, k10.unsqueeze(-1))  # (B, c, r, 1)
+        low_rank = (k01.unsqueeze(-2) @ correction)[..., 0, 0]  # (B, c)
     return 2 * half_dt.unsqueeze(-1) * (k00 - s * low_rank)
 
 
@@ -308,3 +311,43 @@ def _cauchy_sums(
     r = x11.shape[-2]
     k11 = (R @ x11.flatten(1, 2).transpose(-1, -2)).unflatten(-1, (r, r))  # (B, f, r, r)
     return k00, k01, k10, k11
+
+
+def power_sum(A_bar: Tensor, v: Tensor, chunk: int | None = None) -> Tensor:
+    """sum_j A_bar^j v_j over the length axis: the state a diagonal SSM reaches from v reversed.
+
+    If v_j = u_{L-1-j} (B applied later), this is h_{L-1} = sum_k A_bar^{L-1-k} u_k, the
+    final state of h_t = A_bar h_{t-1} + u_t after a sequence run in convolution mode. Uses
+    the blocked table of :func:`kernel_diag`: no (b, h, n, L) tensor is built.
+
+    Args:
+        A_bar: (h, n) diagonal (complex or real).
+        v: (b, L, h) the inputs in reverse time order (real or complex).
+        chunk: positions per block (default :func:`default_chunk`).
+
+    Returns:
+        (b, h, n) in the promoted complex (or real) dtype.
+    """
+    check_tensor("A_bar", A_bar)
+    check_tensor("v", v)
+    if A_bar.ndim != 2 or v.ndim != 3 or v.shape[-1] != A_bar.shape[0]:
+        raise ValueError(
+            f"A_bar must have shape (h, n) and v shape (b, L, h) with the same h, "
+            f"got A_bar {tuple(A_bar.shape)} and v {tuple(v.shape)}"
+        )
+    b, L, h = v.shape
+    n = A_bar.shape[1]
+    real = not (A_bar.is_complex() or v.is_complex())
+    cdtype = torch.promote_types(torch.promote_types(A_bar.dtype, v.dtype), torch.complex64)
+    c = chunk or default_chunk(h, n, L)
+    m = -(-L // c)
+    log_A = torch.log(A_bar.to(cdtype))  # (h, n)
+    table = (log_A.unsqueeze(-1) * torch.arange(c, device=v.device)).exp_()  # (h, n, c)
+    starts = torch.arange(m, device=v.device) * c
+    heads = torch.exp(log_A.unsqueeze(-2) * starts.unsqueeze(-1))  # (h, m, n)
+    v = torch.nn.functional.pad(v, (0, 0, 0, m * c - L)).to(cdtype)  # (b, m c, h)
+    blocks = v.reshape(b, m, c, h).permute(3, 0, 1, 2)  # (h, b, m, c)
+    inner = blocks.reshape(h, b * m, c) @ table.transpose(-1, -2)  # (h, b m, n)
+    out = (inner.reshape(h, b, m, n) * heads.unsqueeze(1)).sum(2)  # (h, b, n)
+    out = out.permute(1, 0, 2)  # (b, h, n)
+    return out.real if real else out

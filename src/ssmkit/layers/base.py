@@ -1,0 +1,106 @@
+"""The sequence-layer protocol every ssmkit layer follows, and its input checks.
+
+A layer maps ``x: (b, l, d)`` to ``y: (b, l, d)``. Causal layers also carry a recurrent state:
+
+* ``forward(x, state=None, lengths=None, return_state=False) -> (y, state)`` runs a whole
+  sequence, optionally continuing from ``state`` and returning the state after the last
+  valid step of each item;
+* ``step(x_t, state) -> (y_t, state)`` advances one step (generation, streaming);
+* ``initial_state(batch)`` is the state before the first step.
+
+``lengths: (b,)`` marks right-padded batches: item i is valid for its first ``lengths[i]``
+steps, padded outputs are zero and the returned state is the one after step
+``lengths[i] - 1``, so a padded batch gives what its items give alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmkit.core.checks import check_finite, check_tensor
+
+Tensor = torch.Tensor
+
+
+class SequenceLayer(nn.Module):
+    """Base class: (b, l, d) -> (b, l, d) with a recurrent state (see the module docstring)."""
+
+    d_model: int
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def initial_state(self, batch: int) -> Tensor:
+        raise NotImplementedError
+
+
+def check_sequence(name: str, x: Tensor, d_model: int) -> Tensor:
+    """Validate a (b, l, d) float input with d = ``d_model``, length >= 1 and finite values."""
+    check_tensor(name, x)
+    if x.ndim != 3 or x.shape[-1] != d_model or x.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have shape (batch, length, d_model) with d_model = {d_model} and "
+            f"length >= 1, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    return check_finite(name, x)
+
+
+def check_step_input(x_t: Tensor, d_model: int) -> Tensor:
+    """Validate a (b, d) float input of one step."""
+    check_tensor("x_t", x_t)
+    if x_t.ndim != 2 or x_t.shape[-1] != d_model:
+        raise ValueError(
+            f"x_t must have shape (batch, d_model) with d_model = {d_model}, "
+            f"got shape {tuple(x_t.shape)}"
+        )
+    if not x_t.is_floating_point():
+        raise TypeError(f"x_t must be a floating-point tensor, got {x_t.dtype}")
+    return check_finite("x_t", x_t)
+
+
+def check_lengths(lengths: Tensor | None, batch: int, length: int) -> Tensor | None:
+    """Validate ``lengths: (b,)`` integers in [1, length]; returns them as int64 or None."""
+    if lengths is None:
+        return None
+    check_tensor("lengths", lengths)
+    if lengths.shape != (batch,):
+        raise ValueError(
+            f"lengths must have shape (batch,) = ({batch},), got shape {tuple(lengths.shape)}"
+        )
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if bool((lengths < 1).any()) or bool((lengths > length).any()):
+        raise ValueError(
+            f"lengths must lie in [1, {length}] (the input length), got min "
+            f"{int(lengths.min())} and max {int(lengths.max())}"
+        )
+    return lengths.long()
+
+
+def length_mask(lengths: Tensor, length: int) -> Tensor:
+    """(b, l) bool mask, True at the valid steps of each item."""
+    return torch.arange(length, device=lengths.device) < lengths.unsqueeze(-1)
+
+
+def check_state(state: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """Validate a recurrent state against the layer's expected (b, *s) shape and dtype."""
+    check_tensor("state", state)
+    if tuple(state.shape) != shape:
+        raise ValueError(
+            f"state must have shape {shape} (see initial_state), got shape {tuple(state.shape)}"
+        )
+    if state.dtype != dtype:
+        raise TypeError(f"state must have dtype {dtype} (see initial_state), got {state.dtype}")
+    return check_finite("state", state)

@@ -1,3 +1,25 @@
-"""ssmkit: state space models of long sequences in PyTorch."""
+"""ssmkit: state space models of long sequences in PyTorch.
+
+The curated public API; everything else lives in the subpackages (``ssmkit.core`` for the
+pure functions, ``ssmkit.ops`` for the sequence operators, ``ssmkit.layers`` for modules).
+"""
+
+from ssmkit.core.params import param_groups, ssm_parameter
+from ssmkit.layers import DSS, LRU, S4, S4D, S5, BlockConfig, LTILayer, SequenceLayer
+from ssmkit.ops import scan
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DSS",
+    "LRU",
+    "S4",
+    "S4D",
+    "S5",
+    "BlockConfig",
+    "LTILayer",
+    "SequenceLayer",
+    "param_groups",
+    "scan",
+    "ssm_parameter",
+]

@@ -25,9 +25,11 @@ FACTORIES = {
         lambda d, bi, blk: DSS(d, N=8, kernel="softmax", l_max=32, bidirectional=bi, block=blk),
         True,
     ),
-    "s4": (lambda d, bi, blk: S4(d, N=8, bidirectional=bi, block=blk), True),
+    "s4": (lambda d, bi, blk: S4(d, N=8, l_max=16, bidirectional=bi, block=blk), True),
     "s4-zoh-rank2": (
-        lambda d, bi, blk: S4(d, N=8, rank=2, discretization="zoh", bidirectional=bi, block=blk),
+        lambda d, bi, blk: S4(
+            d, N=8, rank=2, l_max=8, discretization="zoh", bidirectional=bi, block=blk
+        ),
         True,
     ),
     "s5": (lambda d, bi, blk: S5(d, N=8, bidirectional=bi, block=blk), False),

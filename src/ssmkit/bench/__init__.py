@@ -10,10 +10,13 @@ from typing import TextIO
 
 import torch
 
-from ssmkit.bench.suites import SIZES, SUITES, Row, Settings
+from ssmkit.bench.layers import layer_cases
+from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
 from ssmkit.core.checks import check_choice
 
 __all__ = ["SIZES", "SUITES", "Row", "Settings", "format_table", "run", "write_json"]
+
+SUITES = {"kernels": kernel_cases, "scan": scan_cases, "layers": layer_cases}
 
 
 def run(

@@ -181,9 +181,3 @@ def scan_cases(s: Settings) -> Iterator[list[Row]]:
                 )
             )  # fmt: skip
         yield _with_speedups(rows)
-
-
-SUITES: dict[str, Callable[[Settings], Iterator[list[Row]]]] = {
-    "kernels": kernel_cases,
-    "scan": scan_cases,
-}

@@ -37,6 +37,7 @@ class S4(LTILayer):
         d_model: channels d (one SISO SSM each).
         N: state size per channel (even: N/2 conjugate pairs are stored).
         rank: rank r of the low-rank term (1 for HiPPO-LegS; extra rows start at zero).
+        l_max: the length C_tilde is defined for (the training length; longer inputs work).
         discretization: "bilinear" (Cauchy kernel, the paper's) or "zoh" (dense).
         dt_min, dt_max: range of the log-uniform initial step sizes.
         mode: "conv" or "scan" (the dense recurrence).
@@ -48,6 +49,7 @@ class S4(LTILayer):
         d_model: int,
         N: int = 64,
         rank: int = 1,
+        l_max: int = 1024,
         discretization: str = "bilinear",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
@@ -59,6 +61,7 @@ class S4(LTILayer):
         super().__init__(d_model, MODES, mode, bidirectional, block)
         self.discretization = check_choice("discretization", discretization, DISCRETIZATIONS)
         check_int("rank", rank, minimum=1)
+        self.l_max = check_int("l_max", l_max, minimum=1)
         check_int("N", N, minimum=2)
         Lam, P, B, _ = nplr("legs", N, dtype=torch.complex64)  # raises on odd N
         n, h = N // 2, d_model
@@ -69,28 +72,35 @@ class S4(LTILayer):
         self.P = ssm_parameter(nn.Parameter(torch.view_as_real(P.repeat(h, 1, 1)).clone()), lr)
         self.B = ssm_parameter(nn.Parameter(torch.view_as_real(B.repeat(h, 1)).clone()), lr)
         self.log_dt = ssm_parameter(nn.Parameter(torch.log(log_uniform_dt(h, dt_min, dt_max))), lr)
-        C = torch.randn(self.directions, h, n, dtype=torch.complex64)
-        self.C = nn.Parameter(torch.view_as_real(C).clone())
+        C_tilde = torch.randn(self.directions, h, n, dtype=torch.complex64)
+        self.C_tilde = nn.Parameter(torch.view_as_real(C_tilde).clone())
 
     def _parts(self) -> tuple[Tensor, ...]:
         Lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (h, n)
         P = torch.view_as_complex(self.P)  # (h, r, n)
         B = torch.view_as_complex(self.B)  # (h, n)
-        C = torch.view_as_complex(self.C)  # (k, h, n)
-        return Lam, P, B, C, torch.exp(self.log_dt)
+        C_tilde = torch.view_as_complex(self.C_tilde)  # (k, h, n)
+        return Lam, P, B, C_tilde, torch.exp(self.log_dt)
 
     def kernel(self, L: int) -> Tensor:
         """(k, h, L) kernels; Cauchy + Woodbury for bilinear, dense powering for ZOH."""
-        Lam, P, B, C, dt = self._parts()
-        if self.discretization == "bilinear":
-            C_tilde = dplr_c_tilde(Lam, P, P, C, dt, L)  # (k, h, n)
-            return kernel_dplr(Lam, P, P, B, C_tilde, dt, L)
+        Lam, P, B, C_tilde, dt = self._parts()
+        if self.discretization == "bilinear" and self.l_max >= L:
+            return kernel_dplr(Lam, P, P, B, C_tilde, dt, self.l_max)[..., :L]
         sys = self.system()
+        if self.discretization == "bilinear":  # longer than l_max: C_tilde for length L
+            n = Lam.shape[-1]
+            C_tilde_L = dplr_c_tilde(Lam, P, P, sys.C[..., :n], dt, L)
+            return kernel_dplr(Lam, P, P, B, C_tilde_L, dt, L)
         return kernel_dense(sys.A_bar, sys.B_bar, sys.C, L).real
 
     def system(self) -> System:
-        """The full conjugate-symmetric system with a dense (h, N, N) transition."""
-        Lam, P, B, C, dt = self._parts()
-        Lam, P, B, C = (expand_conj(x) for x in (Lam, P, B, C))
+        """The full conjugate-symmetric system: dense (h, N, N) A_bar, C from C_tilde."""
+        Lam, P, B, C_tilde, dt = self._parts()
+        Lam, P, B, C_tilde = (expand_conj(x) for x in (Lam, P, B, C_tilde))
         A_bar, B_bar = discretize_dplr(Lam, P, P, B, dt, self.discretization)
+        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+        M = eye - torch.linalg.matrix_power(A_bar, self.l_max)  # (h, N, N)
+        # C (I - A^l_max) = C_tilde  <=>  (I - A^l_max)^T C^T = C_tilde^T
+        C = torch.linalg.solve(M.mT, C_tilde.unsqueeze(-1)).squeeze(-1)  # (k, h, N)
         return System(A_bar, B_bar, C, conj=False, dense=True)

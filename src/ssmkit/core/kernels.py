@@ -138,15 +138,23 @@ def _vandermonde(log_A: Tensor, CB: Tensor, L: int, c: int) -> Tensor:
     CB A^s of a (B, m, n) matrix, so the whole kernel is one batched matmul with the table,
     done in four row groups written into the output so the complex product stays small.
     """
-    m = -(-L // c)  # blocks
-    table = (log_A.unsqueeze(-1) * torch.arange(c, device=log_A.device)).exp_()  # (B, n, c)
-    starts = torch.arange(m, device=log_A.device) * c
-    rows = CB.unsqueeze(-2) * torch.exp(log_A.unsqueeze(-2) * starts.unsqueeze(-1))  # (B, m, n)
+    table, heads = _power_blocks(log_A, L, c)  # (B, n, c), (B, m, n)
+    m = heads.shape[-2]
+    rows = CB.unsqueeze(-2) * heads  # (B, m, n)
     out = torch.empty(CB.shape[0], m, c, dtype=table.real.dtype, device=CB.device)
     group = -(-m // 4)
     for i in range(0, m, group):
         out[:, i : i + group] = (rows[:, i : i + group] @ table).real
     return out.flatten(1)[:, :L]
+
+
+def _power_blocks(log_A: Tensor, L: int, c: int) -> tuple[Tensor, Tensor]:
+    """A^l for l = s + j in blocks of c: the table A^j (*, n, c) and the heads A^s (*, m, n)."""
+    m = -(-L // c)  # blocks
+    table = (log_A.unsqueeze(-1) * torch.arange(c, device=log_A.device)).exp_()
+    starts = torch.arange(m, device=log_A.device) * c
+    heads = torch.exp(log_A.unsqueeze(-2) * starts.unsqueeze(-1))
+    return table, heads
 
 
 def dplr_c_tilde(
@@ -340,11 +348,8 @@ def power_sum(A_bar: Tensor, v: Tensor, chunk: int | None = None) -> Tensor:
     real = not (A_bar.is_complex() or v.is_complex())
     cdtype = torch.promote_types(torch.promote_types(A_bar.dtype, v.dtype), torch.complex64)
     c = chunk or default_chunk(h, n, L)
-    m = -(-L // c)
-    log_A = torch.log(A_bar.to(cdtype))  # (h, n)
-    table = (log_A.unsqueeze(-1) * torch.arange(c, device=v.device)).exp_()  # (h, n, c)
-    starts = torch.arange(m, device=v.device) * c
-    heads = torch.exp(log_A.unsqueeze(-2) * starts.unsqueeze(-1))  # (h, m, n)
+    table, heads = _power_blocks(torch.log(A_bar.to(cdtype)), L, c)  # (h, n, c), (h, m, n)
+    m = heads.shape[-2]
     v = torch.nn.functional.pad(v, (0, 0, 0, m * c - L)).to(cdtype)  # (b, m c, h)
     blocks = v.reshape(b, m, c, h).permute(3, 0, 1, 2)  # (h, b, m, c)
     inner = blocks.reshape(h, b * m, c) @ table.transpose(-1, -2)  # (h, b m, n)

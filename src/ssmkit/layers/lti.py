@@ -20,6 +20,7 @@ All three agree to rounding (tested), so a model trained in conv mode generates 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -187,7 +188,7 @@ class LTILayer(SequenceLayer):
         Returns:
             y: (b, l, d) (zero at padded steps), and the (b, *s) state or None.
         """
-        return self._run(x, self.system(), state, lengths, return_state)
+        return self._run(x, self.system, state, lengths, return_state)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t (b, d) and state (b, *s) -> y_t (b, d) and the next state."""
@@ -204,7 +205,7 @@ class LTILayer(SequenceLayer):
     def _run(
         self,
         x: Tensor,
-        sys: System,
+        system: Callable[[], System],
         state: Tensor | None,
         lengths: Tensor | None,
         return_state: bool,
@@ -212,17 +213,17 @@ class LTILayer(SequenceLayer):
         x = check_sequence("x", x, self.d_model)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
-        if self.bidirectional and (state is not None or return_state):
+        stateful = state is not None or return_state
+        if self.bidirectional and stateful:
             raise ValueError("a bidirectional layer has no recurrent state: pass no state")
+        # conv mode without state needs only the kernel (S4's dense system is not built)
+        sys = system() if self.mode == "scan" or stateful else None
         if state is not None:
             check_state(state, (b, *sys.state_shape), sys.state_dtype)
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)  # (b, l, 1)
         u = x if mask is None else x * mask
-        use_conv = self.mode == "conv" and not sys.per_step
         # A dense (S4) transition has no power sum: its state comes from the recurrence.
-        if use_conv and sys.dense and (state is not None or return_state):
-            use_conv = False
-        if use_conv:
+        if self.mode == "conv" and not (stateful and sys.dense):
             y, last = self._conv(u, sys, state, lengths, return_state)
         else:
             y, last = self._scan(u, sys, state, lengths, return_state)
@@ -234,7 +235,7 @@ class LTILayer(SequenceLayer):
     def _conv(
         self,
         u: Tensor,
-        sys: System,
+        sys: System | None,
         state: Tensor | None,
         lengths: Tensor | None,
         return_state: bool,

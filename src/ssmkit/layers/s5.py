@@ -11,6 +11,7 @@ step has its own dt (irregularly sampled input, S5 section 6.3).
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -99,7 +100,7 @@ class S5(LTILayer):
             _check_intervals(intervals, tuple(x.shape[:2]) if isinstance(x, Tensor) else None)
             if self.bidirectional:
                 raise ValueError("intervals need a causal layer; this one is bidirectional")
-        return self._run(x, self.system(intervals), state, lengths, return_state)
+        return self._run(x, partial(self.system, intervals), state, lengths, return_state)
 
     def step(
         self, x_t: Tensor, state: Tensor, interval: Tensor | None = None

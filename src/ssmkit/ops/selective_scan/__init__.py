@@ -1,0 +1,130 @@
+"""The selective scan of Mamba (S6) with registered backends.
+
+Backends: ``ref`` (the loop, :mod:`.ref`), ``chunked`` (pure PyTorch, chunk by chunk with
+recomputation), ``numba`` (fused CPU kernels, when numba is installed: extra ``fast``).
+The public function handles dt_bias/softplus, D and the z gate once, for every backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.core.checks import check_finite, check_tensor
+from ssmkit.ops import registry
+from ssmkit.ops.selective_scan import cpu_numba
+from ssmkit.ops.selective_scan.chunked import selective_scan_chunked
+from ssmkit.ops.selective_scan.ref import delta_of, finish, selective_scan_ref
+
+Tensor = torch.Tensor
+
+__all__ = ["selective_scan", "selective_scan_chunked", "selective_scan_ref"]
+
+registry.register(
+    "selective_scan", "ref", selective_scan_ref, priority=0, description="loop (definition)"
+)
+registry.register(
+    "selective_scan",
+    "chunked",
+    selective_scan_chunked,
+    priority=10,
+    description="pure PyTorch, chunked two-level scan with recomputation",
+)
+registry.register(
+    "selective_scan",
+    "numba",
+    cpu_numba.selective_scan_numba,
+    devices=("cpu",),
+    priority=20,
+    description="fused CPU kernels (numba), recomputing backward",
+    is_available=cpu_numba.available,
+)
+
+
+def selective_scan(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mamba's selective SSM over a sequence (see :mod:`.ref` for the equations).
+
+    Args:
+        u: (b, l, d) input. dt: (b, l, d) raw step sizes.
+        A: (d, n) real, <= 0 (Mamba: -exp(A_log)).
+        B, C: (b, l, n), or (b, l, g, n) with g groups dividing d.
+        D: (d,) skip. z: (b, l, d) gate (y * silu(z)). dt_bias: (d,) added to dt.
+        dt_softplus: delta = softplus(dt + dt_bias) instead of dt + dt_bias.
+        initial_state: (b, d, n) state before the first step; differentiable.
+        return_final_state: also return the (b, d, n) state after the last step.
+        backend: "auto", "ref", "chunked", "numba" (see ``ssmkit.ops.registry``).
+
+    Returns:
+        y: (b, l, d), and the final state when ``return_final_state``.
+    """
+    b, _, d, n = _check(u, dt, A, B, C, D, z, dt_bias, initial_state)
+    dtype = u.dtype
+    B4 = B if B.ndim == 4 else B.unsqueeze(2)  # (b, l, g, n)
+    C4 = C if C.ndim == 4 else C.unsqueeze(2)
+    h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
+    delta = delta_of(dt, dt_bias, dt_softplus)
+    impl = registry.resolve("selective_scan", backend, u.device)
+    args = [x.to(dtype) for x in (u, delta, A, B4, C4, h0)]
+    y, h_last = impl.fn(*args)
+    y = finish(y, u, D, z)
+    return (y, h_last) if return_final_state else y
+
+
+def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int, int]:
+    check_tensor("u", u)
+    if u.ndim != 3 or not u.is_floating_point():
+        raise ValueError(f"u must be a real float tensor of shape (b, l, d), got {tuple(u.shape)}")
+    b, l, d = u.shape
+    if l < 1:
+        raise ValueError(f"u must have length l >= 1, got shape {tuple(u.shape)}")
+    check_tensor("A", A)
+    if A.ndim != 2 or A.shape[0] != d or A.is_complex():
+        raise ValueError(f"A must be real with shape (d, n) = ({d}, n), got {tuple(A.shape)}")
+    n = A.shape[1]
+    check_finite("A", A)
+    if bool((A > 0).any()):
+        raise ValueError(f"A must be <= 0 (a stable decay), got max {float(A.max()):.4g}")
+    _same("dt", dt, (b, l, d))
+    check_finite("u", u)
+    check_finite("dt", dt)
+    for name, M in (("B", B), ("C", C)):
+        check_tensor(name, M)
+        ok = M.shape[:2] == (b, l) and M.shape[-1] == n and M.ndim in (3, 4)
+        if not ok or (M.ndim == 4 and d % M.shape[2]):
+            raise ValueError(
+                f"{name} must have shape (b, l, n) = ({b}, {l}, {n}) or (b, l, g, n) with g "
+                f"dividing d = {d}, got {tuple(M.shape)}"
+            )
+        check_finite(name, M)
+    if B.ndim != C.ndim or B.shape != C.shape:
+        raise ValueError(
+            f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    if D is not None:
+        _same("D", D, (d,))
+    if dt_bias is not None:
+        _same("dt_bias", dt_bias, (d,))
+    if z is not None:
+        _same("z", z, (b, l, d))
+    if initial_state is not None:
+        _same("initial_state", initial_state, (b, d, n))
+        check_finite("initial_state", initial_state)
+    return b, l, d, n
+
+
+def _same(name: str, x: Tensor, shape: tuple[int, ...]) -> None:
+    check_tensor(name, x)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got shape {tuple(x.shape)}")

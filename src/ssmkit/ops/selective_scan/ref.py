@@ -1,0 +1,60 @@
+"""The selective scan, defined by a loop over time (Mamba, Gu and Dao 2023, algorithm 2).
+
+    delta_t = softplus(dt_t + dt_bias)        (or dt_t + dt_bias without dt_softplus)
+    h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t        h: (b, d, n)
+    y_t     = C_t . h_t + D u_t,  then  y_t * silu(z_t)  when z is given
+
+A is real (d, n); B_t, C_t are (n,) per token, shared by the channels of a group (Mamba-1
+has one group). This file is the definition the fast backends are tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def expand_groups(M: Tensor, d: int) -> Tensor:
+    """(b, l, g, n) -> (b, l, d, n): channel i reads group i // (d / g)."""
+    return M.repeat_interleave(d // M.shape[2], dim=2)
+
+
+def delta_of(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:
+    """The step sizes delta from the raw dt (b, l, d)."""
+    if dt_bias is not None:
+        dt = dt + dt_bias
+    return F.softplus(dt) if dt_softplus else dt
+
+
+def finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:
+    """y + D u, then the SiLU gate of z."""
+    if D is not None:
+        y = y + D * u
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def selective_scan_ref(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    h0: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Core recurrence: u, delta (b, l, d); A (d, n); B, C (b, l, g, n); h0 (b, d, n).
+
+    Returns y (b, l, d) without the D and z terms, and the final state (b, d, n).
+    """
+    d = u.shape[-1]
+    B, C = expand_groups(B, d), expand_groups(C, d)  # (b, l, d, n)
+    h = h0
+    ys = []
+    for t in range(u.shape[1]):
+        dl = delta[:, t].unsqueeze(-1)  # (b, d, 1)
+        h = torch.exp(dl * A) * h + dl * B[:, t] * u[:, t].unsqueeze(-1)  # (b, d, n)
+        ys.append((C[:, t] * h).sum(-1))  # (b, d)
+    return torch.stack(ys, dim=1), h

@@ -11,12 +11,18 @@ from typing import TextIO
 import torch
 
 from ssmkit.bench.layers import layer_cases
+from ssmkit.bench.selective import selective_cases
 from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
 from ssmkit.core.checks import check_choice
 
 __all__ = ["SIZES", "SUITES", "Row", "Settings", "format_table", "run", "write_json"]
 
-SUITES = {"kernels": kernel_cases, "scan": scan_cases, "layers": layer_cases}
+SUITES = {
+    "kernels": kernel_cases,
+    "scan": scan_cases,
+    "selective": selective_cases,
+    "layers": layer_cases,
+}
 
 
 def run(
@@ -46,7 +52,7 @@ def _header(device: str) -> str:
     threads = torch.get_num_threads()
     title = f"ssmkit bench on {device} (torch {torch.__version__}, {threads} threads)"
     cols = f"{'suite':8} {'case':34} {'implementation':30} {'fwd ms':>9} {'fwd+bwd':>9}"
-    return f"{title}\n{cols} {'peak MiB':>9} {'x ref':>7}"
+    return f"{title}\n{cols} {'peak MiB':>9} {'x ref':>7} {'x ref f+b':>9}"
 
 
 def format_table(rows: Sequence[Row], header: bool = True) -> str:
@@ -60,7 +66,8 @@ def format_table(rows: Sequence[Row], header: bool = True) -> str:
         lines.append(
             f"{r.suite:8} {r.case:34} {r.impl:30} {num(r.fwd_ms, '9.1f')} "
             f"{num(r.fwd_bwd_ms, '9.1f'):>9} {num(r.peak_mb, '9.1f'):>9} "
-            f"{num(r.speedup, '7.1f'):>7}" + (f"  ({r.note})" if r.note else "")
+            f"{num(r.speedup, '7.1f'):>7} {num(r.speedup_bwd, '9.1f'):>9}"
+            + (f"  ({r.note})" if r.note else "")
         )
     return "\n".join(lines)
 

@@ -30,6 +30,7 @@ class Row:
     fwd_bwd_ms: float | None
     peak_mb: float | None
     speedup: float | None = None  # ref fwd time / this fwd time (same case)
+    speedup_bwd: float | None = None  # ref fwd+bwd time / this fwd+bwd time (same case)
     note: str = ""
 
 
@@ -71,6 +72,8 @@ def _with_speedups(rows: list[Row]) -> list[Row]:
     for r in rows:
         if ref is not None:
             r.speedup = ref.fwd_ms / r.fwd_ms
+            if ref.fwd_bwd_ms and r.fwd_bwd_ms:
+                r.speedup_bwd = ref.fwd_bwd_ms / r.fwd_bwd_ms
     return rows
 
 

@@ -1,0 +1,164 @@
+"""Mamba: the selective SSM block (Gu and Dao 2023; arXiv 2312.00752).
+
+    in_proj -> (x, z);  x -> causal depthwise conv1d -> SiLU
+    x_proj(x) -> (dt, B, C);  delta = softplus(dt_proj(dt))
+    y = selective_scan(x, delta, A = -exp(A_log), B, C, D, z)  -> out_proj
+
+Parameter names follow the reference implementation (``in_proj, conv1d, x_proj, dt_proj,
+A_log, D, out_proj``) so its checkpoints load without a renaming table. The state is the
+conv window and the SSM state, both of constant size: ``step`` decodes one token with it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.core.checks import check_tensor
+from ssmkit.core.init import dt_bias_init
+from ssmkit.core.params import ssm_parameter
+from ssmkit.layers.base import (
+    SequenceLayer,
+    check_lengths,
+    check_sequence,
+    check_step_input,
+    length_mask,
+)
+from ssmkit.layers.conv1d import CausalConv1d
+from ssmkit.ops import selective_scan
+
+Tensor = torch.Tensor
+
+
+class MambaState(NamedTuple):
+    """The recurrent state of a Mamba layer."""
+
+    conv: Tensor  # (b, d_inner, d_conv - 1): the last inputs of the conv1d
+    ssm: Tensor  # (b, d_inner, d_state): float32 whatever the compute dtype
+
+
+class Mamba(SequenceLayer):
+    """Mamba layer (the mixer; see :class:`ssmkit.models.MambaLM` for the residual stack).
+
+    Args:
+        d_model: channels d.
+        d_state: SSM state size n per channel (paper: 16).
+        d_conv: width of the causal depthwise convolution (paper: 4).
+        expand: d_inner = expand * d_model.
+        dt_rank: rank of the dt projection ("auto": ceil(d_model / 16)).
+        dt_min, dt_max: softplus(dt_proj.bias) is log-uniform in [dt_min, dt_max].
+        dt_init_floor: smallest initial dt.
+        bias: biases of in_proj and out_proj. conv_bias: bias of conv1d.
+        backend: selective-scan backend ("auto", "ref", "chunked", "numba").
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        bias: bool = False,
+        conv_bias: bool = True,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if isinstance(dt_rank, bool) or not isinstance(dt_rank, int) or dt_rank < 1:
+            raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+        self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
+        self.d_inner, self.dt_rank, self.backend = expand * d_model, dt_rank, backend
+        d_inner = self.d_inner
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
+        self.conv1d = CausalConv1d(d_inner, d_conv, bias=conv_bias)
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        with torch.no_grad():
+            bound = dt_rank**-0.5
+            self.dt_proj.weight.uniform_(-bound, bound)
+            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # S4D-Real
+        self.A_log = ssm_parameter(nn.Parameter(torch.log(A)), lr=None)
+        self.D = ssm_parameter(nn.Parameter(torch.ones(d_inner)), lr=None)
+        ssm_parameter(self.dt_proj.bias, lr=None)
+
+    def initial_state(self, batch: int) -> MambaState:
+        device = self.A_log.device
+        conv = self.conv1d.initial_state(batch, device, self.in_proj.weight.dtype)
+        return MambaState(conv, torch.zeros(batch, self.d_inner, self.d_state, device=device))
+
+    def forward(
+        self,
+        x: Tensor,
+        state: MambaState | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, MambaState | None]:
+        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None)."""
+        x = check_sequence("x", x, self.d_model)
+        b, l, _ = x.shape
+        lengths = check_lengths(lengths, b, l)
+        if state is not None:
+            self._check_state(state, b)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
+        xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths)
+        xs = F.silu(xs)
+        delta, B, C = self._selection(xs)
+        if lengths is not None:  # delta = 0 past the end: the state stays, nothing enters
+            delta = delta * length_mask(lengths, l).unsqueeze(-1)
+        y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm)
+        y = self.out_proj(y)
+        if lengths is not None:
+            y = y * length_mask(lengths, l).unsqueeze(-1)
+        return y, (MambaState(conv_last, h) if return_state else None)
+
+    def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """One token: x_t (b, d) -> y_t (b, d) and the next state (same sizes)."""
+        x_t = check_step_input(x_t, self.d_model)
+        self._check_state(state, x_t.shape[0])
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner)
+        xs, conv = self.conv1d.step(xs, state.conv)
+        xs = F.silu(xs).unsqueeze(1)  # (b, 1, d_inner)
+        delta, B, C = self._selection(xs)
+        y, h = self._scan(xs, delta, B, C, z.unsqueeze(1), state.ssm, backend="ref")
+        return self.out_proj(y[:, 0]), MambaState(conv, h)
+
+    def _selection(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """delta (b, l, d_inner) and B, C (b, l, n) from the conv output."""
+        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt).float())
+        return delta, B, C
+
+    def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None):
+        A = -torch.exp(self.A_log.float())  # (d_inner, n)
+        y, h = selective_scan(
+            xs.float(), delta, A, B.float(), C.float(), self.D.float(), z.float(),
+            initial_state=None if h0 is None else h0.float(),
+            return_final_state=True, backend=backend or self.backend,
+        )  # fmt: skip
+        return y.to(xs.dtype), h
+
+    def _check_state(self, state: MambaState, batch: int) -> None:
+        if not isinstance(state, MambaState):
+            raise TypeError(f"state must be a MambaState, got {type(state).__name__}")
+        want = {
+            "state.conv": (batch, self.d_inner, self.d_conv - 1),
+            "state.ssm": (batch, self.d_inner, self.d_state),
+        }
+        for (name, shape), value in zip(want.items(), state, strict=True):
+            check_tensor(name, value)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")

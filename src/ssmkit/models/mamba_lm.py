@@ -1,0 +1,183 @@
+"""A Mamba language model: embeddings, pre-norm residual Mamba blocks, tied LM head.
+
+Module names follow the reference implementation (``backbone.embeddings``,
+``backbone.layers.{i}.norm`` / ``.mixer``, ``backbone.norm_f``, ``lm_head``), so a
+checkpoint's state dict loads as it is (see :mod:`ssmkit.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssmkit.core.checks import check_tensor
+from ssmkit.layers.mamba import Mamba, MambaState
+from ssmkit.layers.norms import RMSNorm
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class MambaConfig:
+    """Sizes of a Mamba LM (names of the Mamba paper's table of model sizes)."""
+
+    d_model: int = 768  # hidden size D
+    n_layer: int = 24  # number of Mamba blocks
+    vocab_size: int = 50280  # embedding rows
+    d_state: int = 16  # SSM state size N
+    d_conv: int = 4  # width of the causal conv1d
+    expand: int = 2  # E: d_inner = E * D
+    dt_rank: int | str = "auto"  # rank R of the dt projection ("auto": ceil(D / 16))
+    bias: bool = False  # biases of in_proj / out_proj
+    conv_bias: bool = True  # bias of conv1d
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    residual_in_fp32: bool = True  # keep the residual stream in float32
+    tie_embeddings: bool = True  # lm_head shares the embedding matrix
+
+
+class MambaBlock(nn.Module):
+    """x + mixer(norm(x)) (pre-norm residual)."""
+
+    def __init__(self, cfg: MambaConfig, backend: str) -> None:
+        super().__init__()
+        self.residual_in_fp32 = cfg.residual_in_fp32
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba(
+            cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
+            bias=cfg.bias, conv_bias=cfg.conv_bias, backend=backend,
+        )  # fmt: skip
+
+    def forward(self, x, state=None, lengths=None, return_state=False):
+        residual = x.float() if self.residual_in_fp32 else x
+        y, state = self.mixer(self.norm(x), state, lengths, return_state)
+        return (residual + y).to(x.dtype), state
+
+    def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        residual = x_t.float() if self.residual_in_fp32 else x_t
+        y, state = self.mixer.step(self.norm(x_t), state)
+        return (residual + y).to(x_t.dtype), state
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, cfg: MambaConfig, backend: str) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(MambaBlock(cfg, backend) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class MambaLM(nn.Module):
+    """Mamba language model with streaming ``forward``/``step`` and ``generate``."""
+
+    def __init__(self, cfg: MambaConfig, backend: str = "auto") -> None:
+        super().__init__()
+        if not isinstance(cfg, MambaConfig):
+            raise TypeError(f"cfg must be a MambaConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.backbone = MambaBackbone(cfg, backend)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+
+    def initial_state(self, batch: int) -> list[MambaState]:
+        return [layer.mixer.initial_state(batch) for layer in self.backbone.layers]
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        state: list[MambaState] | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, list[MambaState] | None]:
+        """input_ids (b, l) -> logits (b, l, vocab) and, if asked, the per-layer states."""
+        self._check_ids(input_ids, 2)
+        h = self.backbone.embeddings(input_ids)
+        states = []
+        for i, layer in enumerate(self.backbone.layers):
+            h, s = layer(h, None if state is None else state[i], lengths, return_state)
+            states.append(s)
+        logits = self.lm_head(self.backbone.norm_f(h).to(self.lm_head.weight.dtype))
+        return logits.float(), (states if return_state else None)
+
+    def step(self, token: Tensor, state: list[MambaState]) -> tuple[Tensor, list[MambaState]]:
+        """token (b,) -> logits (b, vocab) and the next states (constant size)."""
+        self._check_ids(token, 1)
+        h = self.backbone.embeddings(token)
+        new = []
+        for layer, s in zip(self.backbone.layers, state, strict=True):
+            h, s = layer.step(h, s)
+            new.append(s)
+        return self.lm_head(self.backbone.norm_f(h)).float(), new
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue ``input_ids`` (b, l): the prompt is read in one forward (chunked prefill),
+        then tokens are decoded one step at a time. Sequences that produced ``eos_token_id``
+        are padded with it. Returns (b, l + generated)."""
+        self._check_ids(input_ids, 2)
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if not greedy and not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or greedy=True), got {temperature}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        logits, state = self(input_ids, return_state=True)
+        last = logits[:, -1]
+        out = [input_ids]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            token = _sample(last, greedy, temperature, top_k, top_p, generator)
+            if eos_token_id is not None:
+                token = torch.where(done, torch.full_like(token, eos_token_id), token)
+                done = done | (token == eos_token_id)
+            out.append(token.unsqueeze(1))
+            if eos_token_id is not None and bool(done.all()):
+                break
+            last, state = self.step(token, state)
+        return torch.cat(out, dim=1)
+
+    def _check_ids(self, ids: Tensor, ndim: int) -> None:
+        check_tensor("input_ids", ids)
+        if ids.ndim != ndim or ids.dtype not in (torch.int64, torch.int32):
+            shape = "(batch, length)" if ndim == 2 else "(batch,)"
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape {shape}, "
+                f"got {ids.dtype} of shape {tuple(ids.shape)}"
+            )
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.vocab_size}), got "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
+
+
+def _sample(logits, greedy, temperature, top_k, top_p, generator) -> Tensor:
+    """Next tokens (b,) from logits (b, vocab)."""
+    if greedy:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

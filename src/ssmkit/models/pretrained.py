@@ -1,0 +1,82 @@
+"""Load local Hugging Face ``transformers`` Mamba checkpoints into ssmkit models.
+
+Only ``config.json`` and ``*.safetensors`` are read (a pickled ``pytorch_model.bin`` is never
+unpickled). Parameter names already match (:mod:`ssmkit.models.mamba_lm`), so loading is a
+strict state-dict load that names any missing or unexpected tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ssmkit.models.mamba_lm import MambaConfig, MambaLM
+
+Tensor = torch.Tensor
+
+
+def load_pretrained(path: str | Path, backend: str = "auto") -> MambaLM:
+    """An ssmkit model from a checkpoint directory (config.json + safetensors), in float32.
+
+    Args:
+        path: directory written by ``save_pretrained`` of transformers' ``MambaForCausalLM``.
+        backend: selective-scan backend of the returned model.
+    """
+    root = Path(path)
+    if not (root / "config.json").is_file():
+        raise ValueError(f"path must be a checkpoint directory with config.json, got {root}")
+    config = json.loads((root / "config.json").read_text())
+    model_type = config.get("model_type")
+    if model_type != "mamba":
+        raise ValueError(f"unsupported model_type {model_type!r} in {root}; expected 'mamba'")
+    cfg = mamba_config_from_hf(config)
+    model = MambaLM(cfg, backend=backend)
+    state = _read_safetensors(root)
+    if cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)
+        state["lm_head.weight"] = state["backbone.embeddings.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {root} does not match the model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    return model.float().eval()
+
+
+def mamba_config_from_hf(config: dict) -> MambaConfig:
+    """MambaConfig from a transformers Mamba ``config.json`` dict."""
+    expand = config.get("expand", 2)
+    inner = config.get("intermediate_size", expand * config["hidden_size"])
+    if inner != expand * config["hidden_size"]:
+        raise ValueError(f"intermediate_size {inner} != expand * hidden_size is not supported")
+    return MambaConfig(
+        d_model=config["hidden_size"],
+        n_layer=config["num_hidden_layers"],
+        vocab_size=config["vocab_size"],
+        d_state=config.get("state_size", 16),
+        d_conv=config.get("conv_kernel", 4),
+        expand=expand,
+        dt_rank=int(config.get("time_step_rank", -(-config["hidden_size"] // 16))),
+        bias=config.get("use_bias", False),
+        conv_bias=config.get("use_conv_bias", True),
+        norm_eps=config.get("layer_norm_epsilon", 1e-5),
+        residual_in_fp32=config.get("residual_in_fp32", True),
+        tie_embeddings=config.get("tie_word_embeddings", True),
+    )
+
+
+def _read_safetensors(root: Path) -> dict[str, Tensor]:
+    files = sorted(root.glob("*.safetensors"))
+    if not files:
+        raise ValueError(
+            f"no *.safetensors in {root}: only safetensors checkpoints are read "
+            "(re-save with save_pretrained(..., safe_serialization=True))"
+        )
+    state: dict[str, Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

@@ -98,7 +98,9 @@ class Mamba(SequenceLayer):
     def initial_state(self, batch: int) -> MambaState:
         device = self.A_log.device
         conv = self.conv1d.initial_state(batch, device, self.in_proj.weight.dtype)
-        return MambaState(conv, torch.zeros(batch, self.d_inner, self.d_state, device=device))
+        work = torch.promote_types(self.A_log.dtype, torch.float32)
+        ssm = torch.zeros(batch, self.d_inner, self.d_state, device=device, dtype=work)
+        return MambaState(conv, ssm)
 
     def forward(
         self,
@@ -139,16 +141,19 @@ class Mamba(SequenceLayer):
     def _selection(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """delta (b, l, d_inner) and B, C (b, l, n) from the conv output."""
         dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt).float())
+        delta = F.softplus(self.dt_proj(dt).to(torch.promote_types(dt.dtype, torch.float32)))
         return delta, B, C
 
     def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None):
-        A = -torch.exp(self.A_log.float())  # (d_inner, n)
-        y, h = selective_scan(
-            xs.float(), delta, A, B.float(), C.float(), self.D.float(), z.float(),
-            initial_state=None if h0 is None else h0.float(),
-            return_final_state=True, backend=backend or self.backend,
-        )  # fmt: skip
+        """The SSM in float32 at least (float64 models stay float64), whatever autocast says."""
+        work = torch.promote_types(xs.dtype, torch.float32)
+        A = -torch.exp(self.A_log.to(work))  # (d_inner, n)
+        with torch.autocast(xs.device.type, enabled=False):
+            y, h = selective_scan(
+                xs.to(work), delta.to(work), A, B.to(work), C.to(work), self.D.to(work),
+                z.to(work), initial_state=None if h0 is None else h0.to(work),
+                return_final_state=True, backend=backend or self.backend,
+            )  # fmt: skip
         return y.to(xs.dtype), h
 
     def _check_state(self, state: MambaState, batch: int) -> None:

@@ -3,5 +3,6 @@
 from ssmkit.ops import registry
 from ssmkit.ops.scan import scan
 from ssmkit.ops.selective_scan import selective_scan
+from ssmkit.ops.ssd import ssd
 
-__all__ = ["registry", "scan", "selective_scan"]
+__all__ = ["registry", "scan", "selective_scan", "ssd"]

@@ -1,0 +1,112 @@
+"""Mamba-2's SSD operator (scalar A per head, grouped B/C) with registered backends.
+
+Backends: ``ref`` (the loop, :mod:`.ref`) and ``chunked`` (the SSD chunked algorithm,
+:mod:`.chunked`). The public function applies dt_bias/softplus, D and the z gate once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssmkit.core.checks import check_finite, check_int, check_tensor
+from ssmkit.ops import registry
+from ssmkit.ops.ssd.chunked import ssd_chunked
+from ssmkit.ops.ssd.ref import ssd_ref
+
+Tensor = torch.Tensor
+
+__all__ = ["ssd", "ssd_chunked", "ssd_ref"]
+
+registry.register("ssd", "ref", ssd_ref, priority=0, description="loop (definition)")
+registry.register(
+    "ssd", "chunked", ssd_chunked, priority=10, description="SSD chunked algorithm (matmuls)"
+)
+
+
+def ssd(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int = 64,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Mamba-2's selective SSM with scalar A per head (see :mod:`.ref`).
+
+    Args:
+        x: (b, l, h, p) inputs by head. dt: (b, l, h) raw step sizes.
+        A: (h,) real, <= 0. B, C: (b, l, g, n) with g dividing h.
+        chunk_size: steps per chunk of the chunked backend.
+        D: (h,) or (h, p) skip. z: (b, l, h, p) gate (y * silu(z)). dt_bias: (h,).
+        dt_softplus: delta = softplus(dt + dt_bias).
+        initial_state: (b, h, p, n); differentiable.
+        return_final_state: also return the (b, h, p, n) final state.
+        backend: "auto", "ref" or "chunked".
+
+    Returns:
+        y: (b, l, h, p), and the final state when ``return_final_state``.
+    """
+    b, _, h, p, n = _check(x, dt, A, B, C, D, z, dt_bias, initial_state)
+    check_int("chunk_size", chunk_size, minimum=1)
+    delta = dt if dt_bias is None else dt + dt_bias
+    if dt_softplus:
+        delta = F.softplus(delta)
+    h0 = initial_state if initial_state is not None else x.new_zeros(b, h, p, n)
+    impl = registry.resolve("ssd", backend, x.device)
+    args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
+    if impl.name == "chunked":
+        y, last = impl.fn(*args, chunk_size=chunk_size)
+    else:
+        y, last = impl.fn(*args)
+    if D is not None:
+        y = y + (D.unsqueeze(-1) if D.ndim == 1 else D) * x
+    if z is not None:
+        y = y * F.silu(z)
+    return (y, last) if return_final_state else y
+
+
+def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):
+    check_tensor("x", x)
+    if x.ndim != 4 or not x.is_floating_point() or x.shape[1] < 1:
+        raise ValueError(f"x must be a float tensor of shape (b, l, h, p), got {tuple(x.shape)}")
+    b, l, h, p = x.shape
+    check_finite("x", x)
+    for name, t, shape in (("dt", dt, (b, l, h)), ("A", A, (h,))):
+        check_tensor(name, t)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        check_finite(name, t)
+    if bool((A > 0).any()):
+        raise ValueError(f"A must be <= 0 (a stable decay), got max {float(A.max()):.4g}")
+    for name, M in (("B", B), ("C", C)):
+        check_tensor(name, M)
+        if M.ndim != 4 or M.shape[:2] != (b, l) or h % M.shape[2]:
+            raise ValueError(
+                f"{name} must have shape (b, l, g, n) = ({b}, {l}, g, n) with g dividing "
+                f"h = {h}, got {tuple(M.shape)}"
+            )
+        check_finite(name, M)
+    if B.shape != C.shape:
+        raise ValueError(
+            f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
+        )
+    n = B.shape[-1]
+    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
+        raise ValueError(f"D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
+    if dt_bias is not None and tuple(dt_bias.shape) != (h,):
+        raise ValueError(f"dt_bias must have shape ({h},), got {tuple(dt_bias.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must have shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
+        raise ValueError(
+            f"initial_state must have shape {(b, h, p, n)}, got {tuple(initial_state.shape)}"
+        )
+    return b, l, h, p, n

@@ -1,0 +1,41 @@
+"""Mamba-2's SSD recurrence, defined by a loop over time (Dao and Gu 2024, section 3).
+
+Per head (scalar A < 0, head dimension p, state n):
+
+    h_t = exp(delta_t A) h_{t-1} + delta_t x_t B_t^T        h: (p, n)
+    y_t = h_t C_t (+ D x_t)
+
+B_t, C_t are shared by the heads of a group. This is the definition the chunked algorithm
+is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def expand_head_groups(M: Tensor, h: int) -> Tensor:
+    """(b, l, g, n) -> (b, l, h, n): head i reads group i // (h / g)."""
+    return M.repeat_interleave(h // M.shape[2], dim=2)
+
+
+def ssd_ref(
+    x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+) -> tuple[Tensor, Tensor]:
+    """x (b, l, h, p), delta (b, l, h), A (h,), B, C (b, l, g, n), h0 (b, h, p, n).
+
+    Returns y (b, l, h, p) without D and z, and the final state (b, h, p, n).
+    """
+    heads = x.shape[2]
+    B, C = expand_head_groups(B, heads), expand_head_groups(C, heads)  # (b, l, h, n)
+    state = h0
+    ys = []
+    for t in range(x.shape[1]):
+        dl = delta[:, t]  # (b, h)
+        decay = torch.exp(dl * A)[..., None, None]  # (b, h, 1, 1)
+        inp = (dl.unsqueeze(-1) * x[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(-2)  # (b, h, p, n)
+        state = decay * state + inp
+        ys.append((state * C[:, t].unsqueeze(-2)).sum(-1))  # (b, h, p)
+    return torch.stack(ys, dim=1), state

@@ -1,0 +1,115 @@
+"""ssd (Mamba-2): chunked algorithm against the loop, and against selective_scan."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmkit.ops import selective_scan, ssd
+from ssmkit.testing import assert_close, grads, randn
+
+
+def problem(b=2, l=13, h=4, p=3, n=5, g=2, dtype=torch.float64, seed=0):
+    x = randn(b, l, h, p, dtype=dtype, seed=seed)
+    dt = randn(b, l, h, dtype=dtype, seed=seed + 1) * 0.5 - 1
+    A = -torch.rand(h, dtype=dtype, generator=torch.Generator().manual_seed(seed)) * 2 - 0.1
+    B = randn(b, l, g, n, dtype=dtype, seed=seed + 2)
+    C = randn(b, l, g, n, dtype=dtype, seed=seed + 3)
+    D = randn(h, dtype=dtype, seed=seed + 4)
+    z = randn(b, l, h, p, dtype=dtype, seed=seed + 5)
+    bias = randn(h, dtype=dtype, seed=seed + 6)
+    h0 = randn(b, h, p, n, dtype=dtype, seed=seed + 7)
+    return [x, dt, A, B, C, D, z, bias, h0]
+
+
+def call(backend, chunk):
+    def f(x, dt, A, B, C, D, z, bias, h0):
+        return ssd(x, dt, A, B, C, chunk, D, z, bias, True, h0, True, backend=backend)
+
+    return f
+
+
+@pytest.mark.parametrize("L", [1, 7, 63, 200])
+@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
+def test_chunked_matches_ref_outputs_states_and_gradients(L, chunk):
+    inputs = [x.requires_grad_(True) for x in problem(l=L, seed=L)]
+    y_ref, h_ref = call("ref", chunk)(*inputs)
+    y, h = call("chunked", chunk)(*inputs)
+    assert_close(y, y_ref)
+    assert_close(h, h_ref)
+    for a, b in zip(
+        grads(call("chunked", chunk), inputs), grads(call("ref", chunk), inputs), strict=True
+    ):
+        assert_close(a, b)
+
+
+def test_chunk_of_whole_length_and_per_channel_D():
+    x, dt, A, B, C, _, z, bias, h0 = problem(l=20)
+    D = randn(4, 3, dtype=torch.float64)
+    want = ssd(x, dt, A, B, C, 20, D, z, bias, True, h0, backend="ref")
+    assert_close(ssd(x, dt, A, B, C, 20, D, z, bias, True, h0), want)
+
+
+def test_ssd_equals_selective_scan_with_heads_as_channels():
+    x, dt, A, B, C, D, z, bias, h0 = problem(l=17)
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    y, last = ssd(x, dt, A, B, C, 8, D, z, bias, True, h0, True)
+    y2, last2 = selective_scan(
+        x.reshape(b, l, h * p),
+        dt.repeat_interleave(p, dim=-1),
+        A.repeat_interleave(p).unsqueeze(-1).expand(h * p, n),
+        B, C,
+        D.repeat_interleave(p),
+        z.reshape(b, l, h * p),
+        bias.repeat_interleave(p),
+        True,
+        h0.reshape(b, h * p, n),
+        True,
+        backend="ref",
+    )  # fmt: skip
+    assert_close(y.reshape(b, l, h * p), y2)
+    assert_close(last.reshape(b, h * p, n), last2)
+
+
+def test_split_with_state_equals_whole():
+    x, dt, A, B, C, D, z, bias, h0 = problem(l=30)
+    y, last = ssd(x, dt, A, B, C, 8, D, z, bias, True, h0, True)
+    k = 11
+    parts = [t[:, :k] for t in (x, dt)], [t[:, k:] for t in (x, dt)]
+    y1, s1 = ssd(*parts[0], A, B[:, :k], C[:, :k], 8, D, z[:, :k], bias, True, h0, True)
+    y2, s2 = ssd(*parts[1], A, B[:, k:], C[:, k:], 8, D, z[:, k:], bias, True, s1, True)
+    assert_close(torch.cat([y1, y2], 1), y)
+    assert_close(s2, last)
+
+
+def test_float32_long_sequence_is_finite_and_close_to_float64():
+    inputs = problem(b=1, l=1000, h=2, p=4, n=8, seed=9)
+    y64 = ssd(*inputs[:5], 64, *inputs[5:8], True, inputs[8], backend="ref")
+    y32 = ssd(
+        *(t.float() for t in inputs[:5]),
+        64,
+        *(t.float() for t in inputs[5:8]),
+        True,
+        inputs[8].float(),
+    )
+    assert bool(torch.isfinite(y32).all())
+    assert_close(y32, y64.float())
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "match"),
+    [
+        (2, lambda A: -A, "A must be <= 0"),
+        (3, lambda B: B[:, :, :, :2], "B and C must have the same shape"),
+        (1, lambda dt: dt[:, :5], "dt must have shape"),
+        (3, lambda B: B.repeat(1, 1, 3, 1)[:, :, :3], "g dividing"),
+    ],
+)
+def test_bad_inputs_raise(index, value, match):
+    inputs = problem()
+    inputs[index] = value(inputs[index])
+    if match == "g dividing":
+        inputs[4] = inputs[3].clone()
+    with pytest.raises(ValueError, match=match):
+        ssd(*inputs[:5], 8, *inputs[5:8], True, inputs[8])

@@ -105,3 +105,23 @@ def test_bad_checkpoints_and_inputs(tmp_path):
         model(torch.tensor([[3, 31]]))
     with pytest.raises(ValueError, match="temperature"):
         model.generate(torch.tensor([[1]]), 2, temperature=0.0)
+
+
+def test_load_pretrained_mamba2_matches_transformers_logits(tmp_path):
+    cfg = transformers.Mamba2Config(
+        vocab_size=97, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2,
+        conv_kernel=4, head_dim=8, num_heads=8, n_groups=2, chunk_size=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.Mamba2ForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    ours = load_pretrained(tmp_path)
+    assert ours.cfg.version == 2
+    ids = torch.randint(0, 97, (2, 45), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got, state = ours(ids[:, :30], return_state=True)
+        assert (got - want[:, :30]).abs().max() < 1e-4
+        for t in range(30, 45):  # decode the rest one token at a time
+            logits, state = ours.step(ids[:, t], state)
+            assert (logits - want[:, t]).abs().max() < 1e-4

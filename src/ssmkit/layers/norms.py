@@ -1,4 +1,4 @@
-"""RMSNorm and its gated form (Mamba, Mamba-2), computed in float32 whatever the input."""
+"""RMSNorm and its gated form (Mamba, Mamba-2), computed in float32 at least."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ Tensor = torch.Tensor
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight; with ``z``: the gate silu(z) first (Mamba-2)."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, the mean over groups of ``group_size``
+    channels (default: all of them); with ``z`` the gate silu(z) comes first (Mamba-2)."""
 
-    def __init__(self, d: int, eps: float = 1e-5) -> None:
+    def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None) -> None:
         super().__init__()
-        self.eps = eps
+        group_size = group_size or d
+        if d % group_size:
+            raise ValueError(f"group_size must divide d = {d}, got {group_size}")
+        self.eps, self.group_size = eps, group_size
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: Tensor, z: Tensor | None = None) -> Tensor:
         dtype = x.dtype
-        x = x.float()
+        work = torch.promote_types(dtype, torch.float32)  # float32 at least
+        x = x.to(work)
         if z is not None:
-            x = x * F.silu(z.float())
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+            x = x * F.silu(z.to(work))
+        groups = x.unflatten(-1, (-1, self.group_size))  # (..., d / group_size, group_size)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * groups.flatten(-2).to(dtype)

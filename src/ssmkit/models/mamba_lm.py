@@ -7,6 +7,7 @@ checkpoint's state dict loads as it is (see :mod:`ssmkit.models.pretrained`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from ssmkit.core.checks import check_tensor
 from ssmkit.layers.mamba import Mamba, MambaState
+from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
 
 Tensor = torch.Tensor
@@ -35,6 +37,11 @@ class MambaConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     residual_in_fp32: bool = True  # keep the residual stream in float32
     tie_embeddings: bool = True  # lm_head shares the embedding matrix
+    version: int = 1  # 1: Mamba (S6) mixers, 2: Mamba-2 (SSD) mixers
+    headdim: int = 64  # Mamba-2: channels P per head
+    ngroups: int = 1  # Mamba-2: groups of heads sharing B and C
+    chunk_size: int = 256  # Mamba-2: SSD chunk length
+    dt_limit: tuple[float, float] = (0.0, math.inf)  # Mamba-2: delta clamped to this range
 
 
 class MambaBlock(nn.Module):
@@ -44,10 +51,17 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.residual_in_fp32 = cfg.residual_in_fp32
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = Mamba(
-            cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
-            bias=cfg.bias, conv_bias=cfg.conv_bias, backend=backend,
-        )  # fmt: skip
+        if cfg.version == 2:
+            self.mixer = Mamba2(
+                cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.headdim, cfg.ngroups,
+                cfg.chunk_size, dt_limit=cfg.dt_limit, bias=cfg.bias, conv_bias=cfg.conv_bias,
+                norm_eps=cfg.norm_eps, backend=backend,
+            )  # fmt: skip
+        else:
+            self.mixer = Mamba(
+                cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
+                bias=cfg.bias, conv_bias=cfg.conv_bias, backend=backend,
+            )  # fmt: skip
 
     def forward(self, x, state=None, lengths=None, return_state=False):
         residual = x.float() if self.residual_in_fp32 else x
@@ -75,6 +89,8 @@ class MambaLM(nn.Module):
         super().__init__()
         if not isinstance(cfg, MambaConfig):
             raise TypeError(f"cfg must be a MambaConfig, got {type(cfg).__name__}")
+        if cfg.version not in (1, 2):
+            raise ValueError(f"cfg.version must be 1 (Mamba) or 2 (Mamba-2), got {cfg.version}")
         self.cfg = cfg
         self.backbone = MambaBackbone(cfg, backend)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

@@ -30,9 +30,11 @@ def load_pretrained(path: str | Path, backend: str = "auto") -> MambaLM:
         raise ValueError(f"path must be a checkpoint directory with config.json, got {root}")
     config = json.loads((root / "config.json").read_text())
     model_type = config.get("model_type")
-    if model_type != "mamba":
-        raise ValueError(f"unsupported model_type {model_type!r} in {root}; expected 'mamba'")
-    cfg = mamba_config_from_hf(config)
+    if model_type not in ("mamba", "mamba2"):
+        raise ValueError(
+            f"unsupported model_type {model_type!r} in {root}; expected 'mamba' or 'mamba2'"
+        )
+    cfg = mamba_config_from_hf(config) if model_type == "mamba" else mamba2_config_from_hf(config)
     model = MambaLM(cfg, backend=backend)
     state = _read_safetensors(root)
     if cfg.tie_embeddings:
@@ -67,6 +69,40 @@ def mamba_config_from_hf(config: dict) -> MambaConfig:
         residual_in_fp32=config.get("residual_in_fp32", True),
         tie_embeddings=config.get("tie_word_embeddings", True),
     )
+
+
+def mamba2_config_from_hf(config: dict) -> MambaConfig:
+    """MambaConfig (version 2) from a transformers Mamba-2 ``config.json`` dict."""
+    limit = tuple(_number(v) for v in config.get("time_step_limit", (0.0, float("inf"))))
+    heads = config["num_heads"]
+    expand = config.get("expand", 2)
+    if heads * config["head_dim"] != expand * config["hidden_size"]:
+        raise ValueError("num_heads * head_dim must equal expand * hidden_size")
+    return MambaConfig(
+        d_model=config["hidden_size"],
+        n_layer=config["num_hidden_layers"],
+        vocab_size=config["vocab_size"],
+        d_state=config.get("state_size", 128),
+        d_conv=config.get("conv_kernel", 4),
+        expand=expand,
+        bias=config.get("use_bias", False),
+        conv_bias=config.get("use_conv_bias", True),
+        norm_eps=config.get("layer_norm_epsilon", 1e-5),
+        residual_in_fp32=config.get("residual_in_fp32", True),
+        tie_embeddings=config.get("tie_word_embeddings", True),
+        version=2,
+        headdim=config["head_dim"],
+        ngroups=config.get("n_groups", 1),
+        chunk_size=config.get("chunk_size", 256),
+        dt_limit=limit,
+    )
+
+
+def _number(value: object) -> float:
+    """A float from JSON, where transformers writes infinity as {"__float__": "Infinity"}."""
+    if isinstance(value, dict) and "__float__" in value:
+        return float(value["__float__"])
+    return float(value)
 
 
 def _read_safetensors(root: Path) -> dict[str, Tensor]:

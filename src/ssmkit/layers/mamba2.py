@@ -1,0 +1,168 @@
+"""Mamba-2: the SSD block (Dao and Gu 2024; arXiv 2405.21060).
+
+    in_proj -> (z, xBC, dt);  xBC -> causal depthwise conv1d -> SiLU -> (x, B, C)
+    delta = softplus(dt + dt_bias), clamped to dt_limit;  A = -exp(A_log), one per head
+    y = ssd(x by heads, delta, A, B, C, D) -> gated RMSNorm(y, z) -> out_proj
+
+Parameter names follow the reference implementation (``in_proj, conv1d, dt_bias, A_log, D,
+norm, out_proj``). The state is the conv window and the (h, p, n) SSM state per item.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.core.checks import check_tensor
+from ssmkit.core.init import dt_bias_init
+from ssmkit.core.params import ssm_parameter
+from ssmkit.layers.base import (
+    SequenceLayer,
+    check_lengths,
+    check_sequence,
+    check_step_input,
+    length_mask,
+)
+from ssmkit.layers.conv1d import CausalConv1d
+from ssmkit.layers.norms import RMSNorm
+from ssmkit.ops import ssd
+
+Tensor = torch.Tensor
+
+
+class Mamba2State(NamedTuple):
+    conv: Tensor  # (b, conv_dim, d_conv - 1): the last inputs of conv1d (x, B and C)
+    ssm: Tensor  # (b, nheads, headdim, d_state)
+
+
+class Mamba2(SequenceLayer):
+    """Mamba-2 layer (mixer).
+
+    Args:
+        d_model: channels d.
+        d_state: state size n per head (paper: 64 or 128).
+        d_conv: width of the causal depthwise convolution.
+        expand: d_inner = expand * d_model.
+        headdim: channels p per head (nheads = d_inner / headdim).
+        ngroups: groups of heads sharing B and C.
+        chunk_size: chunk length of the SSD algorithm.
+        dt_min, dt_max, dt_init_floor: initial softplus(dt_bias) log-uniform in the range.
+        dt_limit: delta is clamped to this interval.
+        bias, conv_bias: biases of in/out_proj and of conv1d.
+        norm_eps: epsilon of the gated RMSNorm.
+        backend: ssd backend ("auto", "ref", "chunked").
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        chunk_size: int = 256,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, math.inf),
+        bias: bool = False,
+        conv_bias: bool = True,
+        norm_eps: float = 1e-5,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % headdim or (d_inner // headdim) % ngroups:
+            raise ValueError(
+                f"expand * d_model = {d_inner} must split into heads of headdim = {headdim}, "
+                f"and the heads into ngroups = {ngroups} groups"
+            )
+        self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
+        self.headdim, self.ngroups, self.nheads = headdim, ngroups, d_inner // headdim
+        self.chunk_size, self.dt_limit, self.backend = chunk_size, dt_limit, backend
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + self.nheads, bias=bias)
+        self.conv1d = CausalConv1d(self.conv_dim, d_conv, bias=conv_bias)
+        h = self.nheads
+        self.dt_bias = ssm_parameter(
+            nn.Parameter(dt_bias_init(h, dt_min, dt_max, dt_init_floor)), lr=None
+        )
+        A = torch.empty(h).uniform_(1, 16)
+        self.A_log = ssm_parameter(nn.Parameter(torch.log(A)), lr=None)
+        self.D = ssm_parameter(nn.Parameter(torch.ones(h)), lr=None)
+        self.norm = RMSNorm(d_inner, norm_eps, group_size=d_inner // ngroups)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def initial_state(self, batch: int) -> Mamba2State:
+        device = self.A_log.device
+        conv = self.conv1d.initial_state(batch, device, self.in_proj.weight.dtype)
+        work = torch.promote_types(self.A_log.dtype, torch.float32)
+        shape = (batch, self.nheads, self.headdim, self.d_state)
+        return Mamba2State(conv, torch.zeros(shape, device=device, dtype=work))
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Mamba2State | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = False,
+    ) -> tuple[Tensor, Mamba2State | None]:
+        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None)."""
+        x = check_sequence("x", x, self.d_model)
+        b, l, _ = x.shape
+        lengths = check_lengths(lengths, b, l)
+        if state is not None:
+            self._check_state(state, b)
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv_last = self.conv1d(xBC, None if state is None else state.conv, lengths)
+        mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)
+        y, h = self._ssm(F.silu(xBC), dt, None if state is None else state.ssm, mask)
+        y = self.out_proj(self.norm(y, z))
+        if mask is not None:
+            y = y * mask
+        return y, (Mamba2State(conv_last, h) if return_state else None)
+
+    def step(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """One token: x_t (b, d) -> y_t (b, d) and the next state."""
+        x_t = check_step_input(x_t, self.d_model)
+        self._check_state(state, x_t.shape[0])
+        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], -1)
+        xBC, conv = self.conv1d.step(xBC, state.conv)
+        y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt.unsqueeze(1), state.ssm, None, "ref")
+        return self.out_proj(self.norm(y[:, 0], z)), Mamba2State(conv, h)
+
+    def _ssm(self, xBC, dt, h0, mask, backend=None):
+        gn = self.ngroups * self.d_state
+        xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
+        work = torch.promote_types(xs.dtype, torch.float32)
+        with torch.autocast(xs.device.type, enabled=False):
+            delta = F.softplus(dt.to(work) + self.dt_bias.to(work)).clamp(*self.dt_limit)
+            if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
+                delta = delta * mask
+            y, h = ssd(
+                xs.to(work).unflatten(-1, (self.nheads, self.headdim)), delta,
+                -torch.exp(self.A_log.to(work)),
+                B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
+                C.to(work).unflatten(-1, (self.ngroups, self.d_state)),
+                self.chunk_size, self.D.to(work),
+                initial_state=None if h0 is None else h0.to(work),
+                return_final_state=True, backend=backend or self.backend,
+            )  # fmt: skip
+        return y.flatten(-2).to(xs.dtype), h
+
+    def _check_state(self, state: Mamba2State, batch: int) -> None:
+        if not isinstance(state, Mamba2State):
+            raise TypeError(f"state must be a Mamba2State, got {type(state).__name__}")
+        want = {
+            "state.conv": (batch, self.conv_dim, self.d_conv - 1),
+            "state.ssm": (batch, self.nheads, self.headdim, self.d_state),
+        }
+        for (name, shape), value in zip(want.items(), state, strict=True):
+            check_tensor(name, value)
+            if tuple(value.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")

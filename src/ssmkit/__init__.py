@@ -6,7 +6,9 @@ pure functions, ``ssmkit.ops`` for the sequence operators, ``ssmkit.layers`` for
 
 from ssmkit.core.params import param_groups, ssm_parameter
 from ssmkit.layers import DSS, LRU, S4, S4D, S5, BlockConfig, LTILayer, SequenceLayer
-from ssmkit.ops import scan
+from ssmkit.layers.mamba import Mamba
+from ssmkit.layers.mamba2 import Mamba2
+from ssmkit.ops import scan, selective_scan, ssd
 
 __version__ = "0.1.0"
 
@@ -18,8 +20,12 @@ __all__ = [
     "S5",
     "BlockConfig",
     "LTILayer",
+    "Mamba",
+    "Mamba2",
     "SequenceLayer",
     "param_groups",
     "scan",
+    "selective_scan",
+    "ssd",
     "ssm_parameter",
 ]

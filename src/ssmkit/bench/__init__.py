@@ -11,7 +11,7 @@ from typing import TextIO
 import torch
 
 from ssmkit.bench.layers import layer_cases
-from ssmkit.bench.selective import selective_cases
+from ssmkit.bench.selective import selective_cases, ssd_cases
 from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
 from ssmkit.core.checks import check_choice
 
@@ -21,6 +21,7 @@ SUITES = {
     "kernels": kernel_cases,
     "scan": scan_cases,
     "selective": selective_cases,
+    "ssd": ssd_cases,
     "layers": layer_cases,
 }
 

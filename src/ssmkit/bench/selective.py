@@ -14,7 +14,7 @@ from functools import partial
 import torch
 
 from ssmkit.bench.suites import Row, Settings, _measure, _with_speedups
-from ssmkit.ops import registry, selective_scan
+from ssmkit.ops import registry, selective_scan, ssd
 
 Tensor = torch.Tensor
 
@@ -48,6 +48,33 @@ def selective_cases(s: Settings) -> Iterator[list[Row]]:
         rows = _with_speedups(rows)
         rows.append(_floor_row(case, [u, dt, B, C], s))  # a bound, not an implementation
         yield rows
+
+
+def ssd_cases(s: Settings) -> Iterator[list[Row]]:
+    """Mamba-2's SSD: the chunked algorithm against its loop definition."""
+    shapes = {
+        "tiny": [(1, 64, 2, 8, 8)],
+        "default": [(1, 1024, 24, 64, 128)],
+        "full": [(1, 4096, 24, 64, 128)],
+    }[s.size]
+    for b, l, h, p, n in shapes:
+        case = f"b={b} l={l} h={h} p={p} n={n}"
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(b, l, h, p, generator=g).to(s.device)
+        dt = (torch.randn(b, l, h, generator=g) * 0.5 - 3).to(s.device)
+        A = -torch.linspace(1, 16, h).to(s.device)
+        B = torch.randn(b, l, 1, n, generator=g).to(s.device)
+        C = torch.randn(b, l, 1, n, generator=g).to(s.device)
+        rows = []
+        for backend in [x.name for x in reversed(registry.backends("ssd", s.device))]:
+            fn = partial(_run_ssd, backend, x, dt, A, B, C)
+            name = "ref: sequential loop" if backend == "ref" else backend
+            rows.append(_measure("ssd", case, name, fn, [x, dt, A, B, C], s))
+        yield _with_speedups(rows)
+
+
+def _run_ssd(backend: str, x, dt, A, B, C) -> Tensor:
+    return ssd(x, dt, A, B, C, 64, dt_softplus=True, backend=backend)
 
 
 def _run(backend: str, u, dt, A, B, C, D) -> Tensor:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.ops.ssd.ref import expand_head_groups
-
 Tensor = torch.Tensor
 CHUNK = 64
 
@@ -44,29 +42,31 @@ def ssd_chunked(
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     c = x.shape[1] // Q
-    B = expand_head_groups(B, h).reshape(b, c, Q, h, -1)  # (b, c, Q, h, n)
-    C = expand_head_groups(C, h).reshape(b, c, Q, h, -1)
-    xd = (x * delta.unsqueeze(-1)).reshape(b, c, Q, h, p)  # delta_r x_r
-    a = (delta * A).reshape(b, c, Q, h).permute(0, 3, 1, 2)  # (b, h, c, Q)
+    g = B.shape[2]
+    r = h // g  # heads per group
+    # layouts: heads as (g, r); everything (b, g, r, c, Q, .) so products are batched matmuls
+    B = B.reshape(b, c, Q, g, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, g, 1, c, Q, n)
+    C = C.reshape(b, c, Q, g, -1).permute(0, 3, 1, 2, 4).unsqueeze(2)  # (b, g, 1, c, Q, n)
+    xd = (x * delta.unsqueeze(-1)).reshape(b, c, Q, g, r, p).permute(0, 3, 4, 1, 2, 5)
+    a = (delta * A).reshape(b, c, Q, g, r).permute(0, 3, 4, 1, 2)  # (b, g, r, c, Q)
     s = a.cumsum(-1)  # running sums inside each chunk
-    # 1. intra-chunk: decays exp(s_t - s_r) for r <= t
-    diff = s.unsqueeze(-1) - s.unsqueeze(-2)  # (b, h, c, Q, Q) [t, r]
+    # 1. intra-chunk: (C_t . B_r) exp(s_t - s_r) for r <= t, then times delta_r x_r
+    diff = s.unsqueeze(-1) - s.unsqueeze(-2)  # (b, g, r, c, Q, Q) [t, r]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    Lmat = torch.exp(diff.masked_fill(~causal, float("-inf")))
-    scores = torch.einsum("bcthn,bcrhn->bhctr", C, B) * Lmat  # (b, h, c, Q, Q)
-    y = torch.einsum("bhctr,bcrhp->bcthp", scores, xd)  # (b, c, Q, h, p)
-    # 2. each chunk's own final state
-    to_end = torch.exp(s[..., -1:] - s)  # (b, h, c, Q)
-    local = torch.einsum("bhcr,bcrhp,bcrhn->bchpn", to_end, xd, B)  # (b, c, h, p, n)
+    scores = (C @ B.transpose(-1, -2)) * torch.exp(diff.masked_fill(~causal, float("-inf")))
+    y = scores @ xd  # (b, g, r, c, Q, p)
+    # 2. each chunk's own final state: sum_r exp(s_Q - s_r) (delta_r x_r) B_r^T
+    to_end = torch.exp(s[..., -1:] - s).unsqueeze(-1)  # (b, g, r, c, Q, 1)
+    local = (xd * to_end).transpose(-1, -2) @ B  # (b, g, r, c, p, n)
     # 3. pass states between chunks (a short sequential loop over c)
-    chunk_decay = torch.exp(s[..., -1]).permute(0, 2, 1)  # (b, c, h)
-    state = h0
+    chunk_decay = torch.exp(s[..., -1])[..., None, None]  # (b, g, r, c, 1, 1)
+    state = h0.reshape(b, g, r, p, -1)
     starts = []
     for k in range(c):
         starts.append(state)
-        state = chunk_decay[:, k, :, None, None] * state + local[:, k]
-    prev = torch.stack(starts, dim=1)  # (b, c, h, p, n): state entering each chunk
-    # 4. the entering state's contribution inside each chunk
-    from_start = torch.exp(s).permute(0, 2, 3, 1)  # (b, c, Q, h)
-    y = y + torch.einsum("bcthn,bchpn->bcthp", C, prev) * from_start.unsqueeze(-1)
-    return y.reshape(b, c * Q, h, p)[:, :l], state
+        state = chunk_decay[:, :, :, k] * state + local[:, :, :, k]
+    prev = torch.stack(starts, dim=3)  # (b, g, r, c, p, n): state entering each chunk
+    # 4. the entering state's contribution inside each chunk: exp(s_t) C_t S_prev
+    y = y + (C @ prev.transpose(-1, -2)) * torch.exp(s).unsqueeze(-1)
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * Q, h, p)
+    return y[:, :l], state.reshape(b, h, p, -1)

@@ -53,8 +53,9 @@ def selective_scan_ref(
     B, C = expand_groups(B, d), expand_groups(C, d)  # (b, l, d, n)
     h = h0
     ys = []
-    for t in range(u.shape[1]):
-        dl = delta[:, t].unsqueeze(-1)  # (b, d, 1)
-        h = torch.exp(dl * A) * h + dl * B[:, t] * u[:, t].unsqueeze(-1)  # (b, d, n)
-        ys.append((C[:, t] * h).sum(-1))  # (b, d)
+    # unbind once: per-step slicing would make every step's backward touch the whole tensor
+    for u_t, dl, B_t, C_t in zip(*(t.unbind(1) for t in (u, delta, B, C)), strict=True):
+        dl = dl.unsqueeze(-1)  # (b, d, 1)
+        h = torch.exp(dl * A) * h + dl * B_t * u_t.unsqueeze(-1)  # (b, d, n)
+        ys.append((C_t * h).sum(-1))  # (b, d)
     return torch.stack(ys, dim=1), h

@@ -32,10 +32,10 @@ def ssd_ref(
     B, C = expand_head_groups(B, heads), expand_head_groups(C, heads)  # (b, l, h, n)
     state = h0
     ys = []
-    for t in range(x.shape[1]):
-        dl = delta[:, t]  # (b, h)
+    # unbind once: per-step slicing would make every step's backward touch the whole tensor
+    for x_t, dl, B_t, C_t in zip(*(t.unbind(1) for t in (x, delta, B, C)), strict=True):
         decay = torch.exp(dl * A)[..., None, None]  # (b, h, 1, 1)
-        inp = (dl.unsqueeze(-1) * x[:, t]).unsqueeze(-1) * B[:, t].unsqueeze(-2)  # (b, h, p, n)
+        inp = (dl.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(-2)  # (b, h, p, n)
         state = decay * state + inp
-        ys.append((state * C[:, t].unsqueeze(-2)).sum(-1))  # (b, h, p)
+        ys.append((state * C_t.unsqueeze(-2)).sum(-1))  # (b, h, p)
     return torch.stack(ys, dim=1), state

@@ -119,3 +119,26 @@ def test_bad_inputs_raise():
         Mamba(8, dt_rank=0)
     with pytest.raises(ValueError, match="unknown backend"):
         Mamba(8, backend="triton")(torch.randn(1, 3, 8))
+
+
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_packed_sequences_equal_one_by_one(kind):
+    from ssmkit.layers.mamba2 import Mamba2
+
+    torch.manual_seed(0)
+    if kind == "mamba":
+        m = Mamba(D, d_state=4, d_conv=3, backend="auto").double()
+    else:
+        m = Mamba2(D, d_state=4, d_conv=3, headdim=4, ngroups=2, chunk_size=4).double()
+    seqs = [randn(1, n, D, dtype=torch.float64, seed=n) for n in (5, 1, 9, 2)]
+    cu = torch.tensor([0, 5, 6, 15, 17])
+    y, s = m(torch.cat(seqs, 1), cu_seqlens=cu, return_state=True)
+    for i, x in enumerate(seqs):
+        yi, si = m(x, return_state=True)
+        assert_close(y[:, cu[i] : cu[i + 1]], yi)
+    assert_close(s.ssm, si.ssm)
+    assert_close(s.conv, si.conv)
+    with pytest.raises(ValueError, match="cu_seqlens must be increasing"):
+        m(torch.cat(seqs, 1), cu_seqlens=torch.tensor([0, 5, 5, 17]))
+    with pytest.raises(ValueError, match="batch 1"):
+        m(randn(2, 17, D, dtype=torch.float64), cu_seqlens=cu)

@@ -168,3 +168,36 @@ def test_groups_must_divide_channels():
     inputs = problem(d=6, g=4)
     with pytest.raises(ValueError, match="g dividing d = 6"):
         run("ref", inputs)
+
+
+@pytest.mark.parametrize("backend", ["ref", *FAST])
+def test_packed_sequences_reset_the_state(backend):
+    """A reset at the start of each packed sequence = the sequences run one by one."""
+    u, dt, A, B, C, D, z, bias, h0 = problem(b=1, l=70, d=4, n=3, seed=11)
+    starts = [0, 5, 6, 40]
+    reset = torch.zeros(1, 70, dtype=torch.bool)
+    reset[0, starts[1:]] = True
+    inputs = [u, dt, A, B, C, D, z, bias, h0]
+    xs = [x.requires_grad_(True) for x in inputs]
+
+    def packed(*xs):
+        return selective_scan(*xs[:8], True, xs[8], True, backend=backend, reset=reset)
+
+    def one_by_one(*xs):
+        u, dt, A, B, C, D, z, bias, h0 = xs
+        ys, state = [], h0
+        for i, (a, b) in enumerate(zip(starts, [*starts[1:], 70], strict=True)):
+            part = slice(a, b)
+            y, state = selective_scan(
+                u[:, part], dt[:, part], A, B[:, part], C[:, part], D, z[:, part], bias, True,
+                h0 if i == 0 else None, True, backend="ref",
+            )  # fmt: skip
+            ys.append(y)
+        return torch.cat(ys, 1), state
+
+    y, h = packed(*xs)
+    y_ref, h_ref = one_by_one(*xs)
+    assert_close(y, y_ref)
+    assert_close(h, h_ref)
+    for a, b in zip(grads(packed, xs), grads(one_by_one, xs), strict=True):
+        assert_close(a, b)

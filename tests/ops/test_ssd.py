@@ -113,3 +113,35 @@ def test_bad_inputs_raise(index, value, match):
         inputs[4] = inputs[3].clone()
     with pytest.raises(ValueError, match=match):
         ssd(*inputs[:5], 8, *inputs[5:8], True, inputs[8])
+
+
+@pytest.mark.parametrize("backend", ["ref", "chunked"])
+@pytest.mark.parametrize("chunk", [4, 16, 64])
+def test_packed_sequences_reset_the_state(backend, chunk):
+    x, dt, A, B, C, D, z, bias, h0 = [t.requires_grad_(True) for t in problem(b=1, l=50)]
+    starts = [0, 3, 4, 17, 33]
+    reset = torch.zeros(1, 50, dtype=torch.bool)
+    reset[0, starts[1:]] = True
+
+    def packed(*t):
+        return ssd(*t[:5], chunk, *t[5:8], True, t[8], True, backend=backend, reset=reset)
+
+    def one_by_one(*t):
+        x, dt, A, B, C, D, z, bias, h0 = t
+        ys, state = [], None
+        for i, (a, b) in enumerate(zip(starts, [*starts[1:], 50], strict=True)):
+            s = slice(a, b)
+            y, state = ssd(
+                x[:, s], dt[:, s], A, B[:, s], C[:, s], chunk, D, z[:, s], bias, True,
+                h0 if i == 0 else None, True, backend="ref",
+            )  # fmt: skip
+            ys.append(y)
+        return torch.cat(ys, 1), state
+
+    inputs = [x, dt, A, B, C, D, z, bias, h0]
+    y, h = packed(*inputs)
+    y_ref, h_ref = one_by_one(*inputs)
+    assert_close(y, y_ref)
+    assert_close(h, h_ref)
+    for a, b in zip(grads(packed, inputs), grads(one_by_one, inputs), strict=True):
+        assert_close(a, b)

@@ -89,6 +89,34 @@ def check_lengths(lengths: Tensor | None, batch: int, length: int) -> Tensor | N
     return lengths.long()
 
 
+def packed_resets(
+    cu_seqlens: Tensor | None, batch: int, length: int, lengths: Tensor | None
+) -> Tensor | None:
+    """(1, l) bool, True at the first step of every packed sequence after the first.
+
+    ``cu_seqlens`` (n + 1,) are cumulative lengths 0 = c_0 < c_1 < ... < c_n = l of n
+    sequences packed into one batch item (the flash-linear-attention convention).
+    """
+    if cu_seqlens is None:
+        return None
+    check_tensor("cu_seqlens", cu_seqlens)
+    if batch != 1 or lengths is not None:
+        raise ValueError(
+            f"cu_seqlens packs sequences into one item: x must have batch 1 and no lengths, "
+            f"got batch {batch}{' and lengths' if lengths is not None else ''}"
+        )
+    c = cu_seqlens
+    ok = c.ndim == 1 and c.numel() >= 2 and not c.is_floating_point()
+    if not ok or int(c[0]) != 0 or int(c[-1]) != length or bool((c[1:] <= c[:-1]).any()):
+        raise ValueError(
+            f"cu_seqlens must be increasing integers from 0 to the input length {length}, "
+            f"got {c.tolist() if c.numel() < 20 else tuple(c.shape)}"
+        )
+    reset = torch.zeros(1, length, dtype=torch.bool, device=c.device)
+    reset[0, c[1:-1].long()] = True
+    return reset
+
+
 def length_mask(lengths: Tensor, length: int) -> Tensor:
     """(b, l) bool mask, True at the valid steps of each item."""
     return torch.arange(length, device=lengths.device) < lengths.unsqueeze(-1)

@@ -37,15 +37,32 @@ class CausalConv1d(nn.Module):
         return torch.zeros(batch, self.channels, self.kernel_size - 1, device=device, dtype=dtype)
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        lengths: Tensor | None = None,
+        reset: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """x: (b, l, c) -> y: (b, l, c) and the state after each item's last valid step."""
+        """x: (b, l, c) -> y: (b, l, c) and the state after each item's last valid step.
+
+        ``reset`` (b, l) bool marks the first step of each packed sequence: a window never
+        reaches across it (inputs before it count as zeros), and the returned state only
+        holds inputs of the last sequence.
+        """
         b, _, c = x.shape
-        xt = x.transpose(1, 2)  # (b, c, l)
-        prev = state if state is not None else self.initial_state(b, x.device, x.dtype)
-        full = torch.cat([prev.to(x.dtype), xt], dim=-1)  # (b, c, k - 1 + l)
-        y = F.conv1d(full, self.weight, self.bias, groups=self.channels)  # (b, c, l)
         k1 = self.kernel_size - 1
+        prev = state if state is not None else self.initial_state(b, x.device, x.dtype)
+        full = torch.cat([prev.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (b, c, k - 1 + l)
+        if reset is None:
+            y = F.conv1d(full, self.weight, self.bias, groups=self.channels)  # (b, c, l)
+        else:
+            seg = F.pad(reset.long().cumsum(-1), (k1, 0))  # (b, k - 1 + l): segment per input
+            same = seg.unfold(-1, k1 + 1, 1) == seg[:, k1:].unsqueeze(-1)  # (b, l, k)
+            windows = full.unfold(-1, k1 + 1, 1) * same.unsqueeze(1)  # (b, c, l, k)
+            y = (windows * self.weight).sum(-1)
+            if self.bias is not None:
+                y = y + self.bias.unsqueeze(-1)
+            full = full * (seg == seg[:, -1:]).unsqueeze(1)  # the last sequence's inputs
         if lengths is None:
             last = full[..., full.shape[-1] - k1 :]
         else:  # inputs lengths-(k-1) .. lengths-1 sit at lengths .. lengths+k-2 in `full`

@@ -27,6 +27,7 @@ from ssmkit.layers.base import (
     check_sequence,
     check_step_input,
     length_mask,
+    packed_resets,
 )
 from ssmkit.layers.conv1d import CausalConv1d
 from ssmkit.ops import selective_scan
@@ -108,20 +109,26 @@ class Mamba(SequenceLayer):
         state: MambaState | None = None,
         lengths: Tensor | None = None,
         return_state: bool = False,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, MambaState | None]:
-        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None)."""
+        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None).
+
+        ``cu_seqlens`` (n + 1,) packs n sequences into one item (b = 1): cumulative lengths
+        from 0 to l; the conv window and the SSM state restart at every boundary.
+        """
         x = check_sequence("x", x, self.d_model)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
+        reset = packed_resets(cu_seqlens, b, l, lengths)
         if state is not None:
             self._check_state(state, b)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
-        xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths)
+        xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths, reset)
         xs = F.silu(xs)
         delta, B, C = self._selection(xs)
         if lengths is not None:  # delta = 0 past the end: the state stays, nothing enters
             delta = delta * length_mask(lengths, l).unsqueeze(-1)
-        y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm)
+        y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm, reset=reset)
         y = self.out_proj(y)
         if lengths is not None:
             y = y * length_mask(lengths, l).unsqueeze(-1)
@@ -144,7 +151,7 @@ class Mamba(SequenceLayer):
         delta = F.softplus(self.dt_proj(dt).to(torch.promote_types(dt.dtype, torch.float32)))
         return delta, B, C
 
-    def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None):
+    def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None, reset=None):
         """The SSM in float32 at least (float64 models stay float64), whatever autocast says."""
         work = torch.promote_types(xs.dtype, torch.float32)
         A = -torch.exp(self.A_log.to(work))  # (d_inner, n)
@@ -152,7 +159,7 @@ class Mamba(SequenceLayer):
             y, h = selective_scan(
                 xs.to(work), delta.to(work), A, B.to(work), C.to(work), self.D.to(work),
                 z.to(work), initial_state=None if h0 is None else h0.to(work),
-                return_final_state=True, backend=backend or self.backend,
+                return_final_state=True, backend=backend or self.backend, reset=reset,
             )  # fmt: skip
         return y.to(xs.dtype), h
 

@@ -26,6 +26,7 @@ from ssmkit.layers.base import (
     check_sequence,
     check_step_input,
     length_mask,
+    packed_resets,
 )
 from ssmkit.layers.conv1d import CausalConv1d
 from ssmkit.layers.norms import RMSNorm
@@ -111,17 +112,23 @@ class Mamba2(SequenceLayer):
         state: Mamba2State | None = None,
         lengths: Tensor | None = None,
         return_state: bool = False,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, Mamba2State | None]:
-        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None)."""
+        """x: (b, l, d) -> (y (b, l, d), state after each item's last valid step or None).
+
+        ``cu_seqlens`` (n + 1,): n packed sequences in one item, as for :class:`Mamba`.
+        """
         x = check_sequence("x", x, self.d_model)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
+        reset = packed_resets(cu_seqlens, b, l, lengths)
         if state is not None:
             self._check_state(state, b)
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC, conv_last = self.conv1d(xBC, None if state is None else state.conv, lengths)
+        xBC, conv_last = self.conv1d(xBC, None if state is None else state.conv, lengths, reset)
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)
-        y, h = self._ssm(F.silu(xBC), dt, None if state is None else state.ssm, mask)
+        h0 = None if state is None else state.ssm
+        y, h = self._ssm(F.silu(xBC), dt, h0, mask, reset=reset)
         y = self.out_proj(self.norm(y, z))
         if mask is not None:
             y = y * mask
@@ -136,7 +143,7 @@ class Mamba2(SequenceLayer):
         y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt.unsqueeze(1), state.ssm, None, "ref")
         return self.out_proj(self.norm(y[:, 0], z)), Mamba2State(conv, h)
 
-    def _ssm(self, xBC, dt, h0, mask, backend=None):
+    def _ssm(self, xBC, dt, h0, mask, backend=None, reset=None):
         gn = self.ngroups * self.d_state
         xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         work = torch.promote_types(xs.dtype, torch.float32)
@@ -151,7 +158,7 @@ class Mamba2(SequenceLayer):
                 C.to(work).unflatten(-1, (self.ngroups, self.d_state)),
                 self.chunk_size, self.D.to(work),
                 initial_state=None if h0 is None else h0.to(work),
-                return_final_state=True, backend=backend or self.backend,
+                return_final_state=True, backend=backend or self.backend, reset=reset,
             )  # fmt: skip
         return y.flatten(-2).to(xs.dtype), h
 

@@ -53,6 +53,7 @@ def selective_scan(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
     backend: str = "auto",
+    reset: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba's selective SSM over a sequence (see :mod:`.ref` for the equations).
 
@@ -65,6 +66,8 @@ def selective_scan(
         initial_state: (b, d, n) state before the first step; differentiable.
         return_final_state: also return the (b, d, n) state after the last step.
         backend: "auto", "ref", "chunked", "numba" (see ``ssmkit.ops.registry``).
+        reset: (b, l) bool, True where a packed sequence starts: the state is zeroed before
+            that step (``initial_state`` applies until the first reset).
 
     Returns:
         y: (b, l, d), and the final state when ``return_final_state``.
@@ -76,8 +79,9 @@ def selective_scan(
     h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
     delta = delta_of(dt, dt_bias, dt_softplus)
     impl = registry.resolve("selective_scan", backend, u.device)
+    keep = None if reset is None else _keep(reset, b, u.shape[1])
     args = [x.to(dtype) for x in (u, delta, A, B4, C4, h0)]
-    y, h_last = impl.fn(*args)
+    y, h_last = impl.fn(*args, None if keep is None else keep.to(dtype))
     y = finish(y, u, D, z)
     return (y, h_last) if return_final_state else y
 
@@ -122,6 +126,17 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
         _same("initial_state", initial_state, (b, d, n))
         check_finite("initial_state", initial_state)
     return b, l, d, n
+
+
+def _keep(reset: Tensor, b: int, l: int) -> Tensor:
+    """1 - reset as floats, after checking reset is a (b, l) bool tensor."""
+    check_tensor("reset", reset)
+    if reset.dtype != torch.bool or tuple(reset.shape) != (b, l):
+        raise ValueError(
+            f"reset must be a bool tensor of shape ({b}, {l}), got {reset.dtype} "
+            f"{tuple(reset.shape)}"
+        )
+    return (~reset).float()
 
 
 def _same(name: str, x: Tensor, shape: tuple[int, ...]) -> None:

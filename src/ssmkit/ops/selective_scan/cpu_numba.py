@@ -30,7 +30,7 @@ def available() -> bool:
     return numba is not None
 
 
-def _fwd(u, delta, A, B, C, h0, y, hlast, ckpt, T):  # pragma: no cover - compiled
+def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T):  # pragma: no cover - compiled
     Bsz, L, D = u.shape
     N = A.shape[1]
     per_group = D // B.shape[2]
@@ -47,9 +47,10 @@ def _fwd(u, delta, A, B, C, h0, y, hlast, ckpt, T):  # pragma: no cover - compil
                     ckpt[b, t // T, d, k] = h[k]
             dl = delta[b, t, d]
             x = dl * u[b, t, d]
+            kt = keep[b, t]
             acc = 0.0
             for k in range(N):
-                hk = math.exp(dl * A[d, k]) * h[k] + x * B[b, t, g, k]
+                hk = kt * math.exp(dl * A[d, k]) * h[k] + x * B[b, t, g, k]
                 h[k] = hk
                 acc += C[b, t, g, k] * hk
             y[b, t, d] = acc
@@ -58,7 +59,7 @@ def _fwd(u, delta, A, B, C, h0, y, hlast, ckpt, T):  # pragma: no cover - compil
 
 
 def _bwd(
-    u, delta, A, B, C, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, T, NB
+    u, delta, A, B, C, keep, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, T, NB
 ):  # pragma: no cover
     Bsz, L, D = u.shape
     N = A.shape[1]
@@ -84,8 +85,9 @@ def _bwd(
                     t = t0 + j
                     dl = delta[b, t, d]
                     x = dl * u[b, t, d]
+                    kt = keep[b, t]
                     for k in range(N):
-                        a = math.exp(dl * A[d, k])
+                        a = kt * math.exp(dl * A[d, k])
                         E[j, k] = a
                         H[j + 1, k] = a * H[j, k] + x * B[b, t, g, k]
                 for j in range(steps - 1, -1, -1):
@@ -130,21 +132,22 @@ class NumbaSelectiveScan(torch.autograd.Function):
     """Autograd wrapper of the fused kernels (first derivatives only)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0):
+    def forward(ctx, u, delta, A, B, C, h0, keep):
         b, L, d = u.shape
         n = A.shape[1]
         _threads()
         y = np.empty((b, L, d), dtype=_np(u).dtype)
         hlast = np.empty((b, d, n), dtype=y.dtype)
         ckpt = np.empty((b, -(-L // CHUNK), d, n), dtype=y.dtype)
-        _fwd(_np(u), _np(delta), _np(A), _np(B), _np(C), _np(h0), y, hlast, ckpt, CHUNK)
-        ctx.save_for_backward(u, delta, A, B, C, torch.from_numpy(ckpt))
+        args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(h0), _np(keep))
+        _fwd(*args, y, hlast, ckpt, CHUNK)
+        ctx.save_for_backward(u, delta, A, B, C, keep, torch.from_numpy(ckpt))
         return torch.from_numpy(y), torch.from_numpy(hlast)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dhlast):
-        u, delta, A, B, C, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, keep, ckpt = ctx.saved_tensors
         b, L, d = u.shape
         n = A.shape[1]
         dtype = _np(u).dtype
@@ -158,15 +161,24 @@ class NumbaSelectiveScan(torch.autograd.Function):
         dB_blk = np.zeros((blocks, *B.shape), dtype)
         dC_blk = np.zeros((blocks, *C.shape), dtype)
         _bwd(
-            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(ckpt), dy, dhlast,
+            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(keep), _np(ckpt), dy, dhlast,
             du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK, blocks,
         )  # fmt: skip
         t = torch.from_numpy
-        return t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0)
+        grads = (t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0))
+        return (*grads, None)
 
 
 def selective_scan_numba(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    h0: Tensor,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`ssmkit.ops.selective_scan.ref.selective_scan_ref` (CPU)."""
-    return NumbaSelectiveScan.apply(u, delta, A, B, C, h0)
+    if keep is None:
+        keep = u.new_ones(u.shape[:2])
+    return NumbaSelectiveScan.apply(u, delta, A, B, C, h0, keep.to(u.dtype))

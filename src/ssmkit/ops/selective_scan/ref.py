@@ -44,18 +44,24 @@ def selective_scan_ref(
     B: Tensor,
     C: Tensor,
     h0: Tensor,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Core recurrence: u, delta (b, l, d); A (d, n); B, C (b, l, g, n); h0 (b, d, n).
 
-    Returns y (b, l, d) without the D and z terms, and the final state (b, d, n).
+    ``keep`` (b, l): 0 where a packed sequence starts (the state is reset before that step),
+    1 elsewhere. Returns y (b, l, d) without the D and z terms, and the final state (b, d, n).
     """
     d = u.shape[-1]
     B, C = expand_groups(B, d), expand_groups(C, d)  # (b, l, d, n)
+    if keep is None:
+        keep = u.new_ones(u.shape[:2])
     h = h0
     ys = []
     # unbind once: per-step slicing would make every step's backward touch the whole tensor
-    for u_t, dl, B_t, C_t in zip(*(t.unbind(1) for t in (u, delta, B, C)), strict=True):
+    steps = zip(*(t.unbind(1) for t in (u, delta, B, C, keep)), strict=True)
+    for u_t, dl, B_t, C_t, k_t in steps:
         dl = dl.unsqueeze(-1)  # (b, d, 1)
-        h = torch.exp(dl * A) * h + dl * B_t * u_t.unsqueeze(-1)  # (b, d, n)
+        decay = torch.exp(dl * A) * k_t[:, None, None]  # (b, d, n)
+        h = decay * h + dl * B_t * u_t.unsqueeze(-1)  # (b, d, n)
         ys.append((C_t * h).sum(-1))  # (b, d)
     return torch.stack(ys, dim=1), h

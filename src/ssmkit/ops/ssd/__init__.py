@@ -38,6 +38,7 @@ def ssd(
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
     backend: str = "auto",
+    reset: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba-2's selective SSM with scalar A per head (see :mod:`.ref`).
 
@@ -50,6 +51,7 @@ def ssd(
         initial_state: (b, h, p, n); differentiable.
         return_final_state: also return the (b, h, p, n) final state.
         backend: "auto", "ref" or "chunked".
+        reset: (b, l) bool, True where a packed sequence starts (state zeroed before it).
 
     Returns:
         y: (b, l, h, p), and the final state when ``return_final_state``.
@@ -61,11 +63,20 @@ def ssd(
         delta = F.softplus(delta)
     h0 = initial_state if initial_state is not None else x.new_zeros(b, h, p, n)
     impl = registry.resolve("ssd", backend, x.device)
+    keep = None
+    if reset is not None:
+        check_tensor("reset", reset)
+        if reset.dtype != torch.bool or tuple(reset.shape) != (b, x.shape[1]):
+            raise ValueError(
+                f"reset must be a bool tensor of shape ({b}, {x.shape[1]}), got "
+                f"{reset.dtype} {tuple(reset.shape)}"
+            )
+        keep = (~reset).to(x.dtype)
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
     if impl.name == "chunked":
-        y, last = impl.fn(*args, chunk_size=chunk_size)
+        y, last = impl.fn(*args, keep, chunk_size=chunk_size)
     else:
-        y, last = impl.fn(*args)
+        y, last = impl.fn(*args, keep)
     if D is not None:
         y = y + (D.unsqueeze(-1) if D.ndim == 1 else D) * x
     if z is not None:

@@ -30,15 +30,23 @@ def ssd_chunked(
     B: Tensor,
     C: Tensor,
     h0: Tensor,
+    keep: Tensor | None = None,
     chunk_size: int = CHUNK,
 ) -> tuple[Tensor, Tensor]:
-    """Same contract as :func:`ssmkit.ops.ssd.ref.ssd_ref`."""
+    """Same contract as :func:`ssmkit.ops.ssd.ref.ssd_ref`.
+
+    Resets (``keep`` = 0) split a chunk into segments: a decay exp(s_t - s_r) only counts when
+    r and t lie in one segment, and the state entering a chunk only reaches its first one.
+    """
     b, l, h, p = x.shape
     Q = chunk_size
+    if keep is None:
+        keep = x.new_ones(b, l)
     pad = (-l) % Q
     if pad:  # delta = 0, x = 0: the state passes through unchanged
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
         delta = F.pad(delta, (0, 0, 0, pad))
+        keep = F.pad(keep, (0, pad), value=1.0)
         B = F.pad(B, (0, 0, 0, 0, 0, pad))
         C = F.pad(C, (0, 0, 0, 0, 0, pad))
     c = x.shape[1] // Q
@@ -50,16 +58,20 @@ def ssd_chunked(
     xd = (x * delta.unsqueeze(-1)).reshape(b, c, Q, g, r, p).permute(0, 3, 4, 1, 2, 5)
     a = (delta * A).reshape(b, c, Q, g, r).permute(0, 3, 4, 1, 2)  # (b, g, r, c, Q)
     s = a.cumsum(-1)  # running sums inside each chunk
-    # 1. intra-chunk: (C_t . B_r) exp(s_t - s_r) for r <= t, then times delta_r x_r
+    seg = (keep == 0).reshape(b, 1, 1, c, Q).cumsum(-1)  # segment of each step in its chunk
+    # 1. intra-chunk: (C_t . B_r) exp(s_t - s_r) for r <= t in one segment, times delta_r x_r
     diff = s.unsqueeze(-1) - s.unsqueeze(-2)  # (b, g, r, c, Q, Q) [t, r]
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    scores = (C @ B.transpose(-1, -2)) * torch.exp(diff.masked_fill(~causal, float("-inf")))
+    linked = causal & (seg.unsqueeze(-1) == seg.unsqueeze(-2))  # (b, 1, 1, c, Q, Q)
+    scores = (C @ B.transpose(-1, -2)) * torch.exp(diff.masked_fill(~linked, float("-inf")))
     y = scores @ xd  # (b, g, r, c, Q, p)
     # 2. each chunk's own final state: sum_r exp(s_Q - s_r) (delta_r x_r) B_r^T
-    to_end = torch.exp(s[..., -1:] - s).unsqueeze(-1)  # (b, g, r, c, Q, 1)
+    to_end = torch.exp(s[..., -1:] - s) * (seg == seg[..., -1:])  # (b, g, r, c, Q)
+    to_end = to_end.unsqueeze(-1)  # (b, g, r, c, Q, 1)
     local = (xd * to_end).transpose(-1, -2) @ B  # (b, g, r, c, p, n)
     # 3. pass states between chunks (a short sequential loop over c)
-    chunk_decay = torch.exp(s[..., -1])[..., None, None]  # (b, g, r, c, 1, 1)
+    unbroken = seg == 0  # steps before the chunk's first reset
+    chunk_decay = (torch.exp(s[..., -1]) * unbroken[..., -1])[..., None, None]  # (b,g,r,c,1,1)
     state = h0.reshape(b, g, r, p, -1)
     starts = []
     for k in range(c):
@@ -67,6 +79,6 @@ def ssd_chunked(
         state = chunk_decay[:, :, :, k] * state + local[:, :, :, k]
     prev = torch.stack(starts, dim=3)  # (b, g, r, c, p, n): state entering each chunk
     # 4. the entering state's contribution inside each chunk: exp(s_t) C_t S_prev
-    y = y + (C @ prev.transpose(-1, -2)) * torch.exp(s).unsqueeze(-1)
+    y = y + (C @ prev.transpose(-1, -2)) * (torch.exp(s) * unbroken).unsqueeze(-1)
     y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, c * Q, h, p)
     return y[:, :l], state.reshape(b, h, p, -1)

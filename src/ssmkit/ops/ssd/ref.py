@@ -22,19 +22,29 @@ def expand_head_groups(M: Tensor, h: int) -> Tensor:
 
 
 def ssd_ref(
-    x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor
+    x: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    h0: Tensor,
+    keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """x (b, l, h, p), delta (b, l, h), A (h,), B, C (b, l, g, n), h0 (b, h, p, n).
 
+    ``keep`` (b, l): 0 where a packed sequence starts (state reset before that step).
     Returns y (b, l, h, p) without D and z, and the final state (b, h, p, n).
     """
     heads = x.shape[2]
     B, C = expand_head_groups(B, heads), expand_head_groups(C, heads)  # (b, l, h, n)
+    if keep is None:
+        keep = x.new_ones(x.shape[:2])
     state = h0
     ys = []
     # unbind once: per-step slicing would make every step's backward touch the whole tensor
-    for x_t, dl, B_t, C_t in zip(*(t.unbind(1) for t in (x, delta, B, C)), strict=True):
-        decay = torch.exp(dl * A)[..., None, None]  # (b, h, 1, 1)
+    steps = zip(*(t.unbind(1) for t in (x, delta, B, C, keep)), strict=True)
+    for x_t, dl, B_t, C_t, k_t in steps:
+        decay = (torch.exp(dl * A) * k_t[:, None])[..., None, None]  # (b, h, 1, 1)
         inp = (dl.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(-2)  # (b, h, p, n)
         state = decay * state + inp
         ys.append((state * C_t.unsqueeze(-2)).sum(-1))  # (b, h, p)

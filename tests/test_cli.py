@@ -46,7 +46,7 @@ def test_bench_tiny_runs_as_a_subprocess_with_json(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(path.read_text())
     suites = {r["suite"] for r in rows}
-    assert suites == {"kernels", "scan", "selective", "ssd", "layers"}
+    assert suites == {"kernels", "scan", "selective", "ssd", "layers", "generate"}
     layers = {r["case"].split()[0] for r in rows if r["suite"] == "layers"}
     assert layers == {"S4", "S4D", "DSS", "S5", "LRU"}
     for r in rows:

@@ -10,6 +10,7 @@ from typing import TextIO
 
 import torch
 
+from ssmkit.bench.generate import generate_cases
 from ssmkit.bench.layers import layer_cases
 from ssmkit.bench.selective import selective_cases, ssd_cases
 from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
@@ -23,6 +24,7 @@ SUITES = {
     "selective": selective_cases,
     "ssd": ssd_cases,
     "layers": layer_cases,
+    "generate": generate_cases,
 }
 
 

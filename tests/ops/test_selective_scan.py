@@ -108,6 +108,11 @@ def test_numba_gradcheck_and_state_chunks():
     assert torch.autograd.gradcheck(cpu_numba.selective_scan_numba, inputs)
 
 
+@pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
+def test_numba_many_state_chunks_match_ref():
+    compare("numba", problem(l=3 * cpu_numba.CHUNK + 5, d=3, seed=4))
+
+
 @pytest.mark.parametrize("backend", FAST)
 def test_backward_is_deterministic(backend):
     inputs = problem(b=2, l=150, d=16, n=8, dtype=torch.float32, seed=5)

@@ -9,6 +9,7 @@ counter is used.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import re
@@ -39,6 +40,14 @@ def _status_kib(key: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _trim_heap() -> None:
+    """Return free heap pages to the OS (glibc), so the baseline is what is really in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_cpu_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -57,6 +66,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | str = "cpu")
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     gc.collect()  # garbage of earlier runs must not be freed inside fn and hide its peak
+    _trim_heap()
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None or not _reset_cpu_peak():
         return None
     base = _status_kib("VmRSS")

@@ -9,6 +9,7 @@ counter is used.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -42,10 +43,8 @@ def _status_kib(key: str) -> int | None:
 
 def _trim_heap() -> None:
     """Return free heap pages to the OS (glibc), so the baseline is what is really in use."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reset_cpu_peak() -> bool:

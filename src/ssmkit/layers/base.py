@@ -122,6 +122,16 @@ def length_mask(lengths: Tensor, length: int) -> Tensor:
     return torch.arange(length, device=lengths.device) < lengths.unsqueeze(-1)
 
 
+def check_state_tuple(state: object, cls: type, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Validate a NamedTuple state (e.g. a Mamba cache): its type and each field's shape."""
+    if not isinstance(state, cls):
+        raise TypeError(f"state must be a {cls.__name__}, got {type(state).__name__}")
+    for (name, shape), value in zip(shapes.items(), state, strict=True):
+        check_tensor(name, value)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+
+
 def check_state(state: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """Validate a recurrent state against the layer's expected (b, *s) shape and dtype."""
     check_tensor("state", state)

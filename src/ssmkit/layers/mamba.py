@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.core.checks import check_tensor
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
 from ssmkit.layers.base import (
     SequenceLayer,
     check_lengths,
     check_sequence,
+    check_state_tuple,
     check_step_input,
     length_mask,
     packed_resets,
@@ -164,13 +164,8 @@ class Mamba(SequenceLayer):
         return y.to(xs.dtype), h
 
     def _check_state(self, state: MambaState, batch: int) -> None:
-        if not isinstance(state, MambaState):
-            raise TypeError(f"state must be a MambaState, got {type(state).__name__}")
-        want = {
+        shapes = {
             "state.conv": (batch, self.d_inner, self.d_conv - 1),
             "state.ssm": (batch, self.d_inner, self.d_state),
         }
-        for (name, shape), value in zip(want.items(), state, strict=True):
-            check_tensor(name, value)
-            if tuple(value.shape) != shape:
-                raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        check_state_tuple(state, MambaState, shapes)

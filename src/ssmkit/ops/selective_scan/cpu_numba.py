@@ -26,11 +26,40 @@ CHUNK = 64  # steps between stored states
 BLOCKS_PER_THREAD = 2
 
 
+# 2^n for n = -126 .. 127, the scale of the float32 exp below
+POW2 = np.array([2.0**i for i in range(-126, 128)], dtype=np.float32)
+LOG2E = 1.4426950408889634
+# (ln 2)^k / k!, k = 1 .. 7: Taylor series of 2^f on |f| <= 1/2 (error ~5e-9 relative)
+C1, C2, C3, C4 = 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477
+C5, C6, C7 = 0.0013333558146428443, 0.00015403530393381608, 1.525273380405984e-05
+
+
 def available() -> bool:
     return numba is not None
 
 
-def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T):  # pragma: no cover - compiled
+def _exp(x, pow2):  # pragma: no cover - compiled
+    """exp(x): libm for float64 (pow2 is None); for float32 a branch-free form the compiler
+    vectorises, exp(x) = 2^n 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its Taylor
+    series (relative error about 1e-7, float32's own); below 2^-126 it returns 2^-126 2^f."""
+    if pow2 is None:
+        return math.exp(x)
+    y = x * np.float32(LOG2E)
+    y = min(max(y, np.float32(-126.0)), np.float32(127.0))
+    n = math.floor(y + np.float32(0.5))
+    f = y - n
+    p = np.float32(C7)
+    p = p * f + np.float32(C6)
+    p = p * f + np.float32(C5)
+    p = p * f + np.float32(C4)
+    p = p * f + np.float32(C3)
+    p = p * f + np.float32(C2)
+    p = p * f + np.float32(C1)
+    p = p * f + np.float32(1.0)
+    return p * pow2[int(n) + 126]
+
+
+def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T, pow2):  # pragma: no cover - compiled
     Bsz, L, D = u.shape
     N = A.shape[1]
     per_group = D // B.shape[2]
@@ -50,7 +79,7 @@ def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T):  # pragma: no cover - 
             kt = keep[b, t]
             acc = 0.0
             for k in range(N):
-                hk = kt * math.exp(dl * A[d, k]) * h[k] + x * B[b, t, g, k]
+                hk = kt * _exp(dl * A[d, k], pow2) * h[k] + x * B[b, t, g, k]
                 h[k] = hk
                 acc += C[b, t, g, k] * hk
             y[b, t, d] = acc
@@ -59,7 +88,7 @@ def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T):  # pragma: no cover - 
 
 
 def _bwd(
-    u, delta, A, B, C, keep, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, T, NB
+    u, delta, A, B, C, keep, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, T, NB, pow2
 ):  # pragma: no cover
     Bsz, L, D = u.shape
     N = A.shape[1]
@@ -87,7 +116,7 @@ def _bwd(
                     x = dl * u[b, t, d]
                     kt = keep[b, t]
                     for k in range(N):
-                        a = kt * math.exp(dl * A[d, k])
+                        a = kt * _exp(dl * A[d, k], pow2)
                         E[j, k] = a
                         H[j + 1, k] = a * H[j, k] + x * B[b, t, g, k]
                 for j in range(steps - 1, -1, -1):
@@ -114,8 +143,14 @@ def _bwd(
 
 
 if numba is not None:
+    _exp = njit(fastmath=True, inline="always")(_exp)
     _fwd = njit(parallel=True, fastmath=True, cache=True)(_fwd)
     _bwd = njit(parallel=True, fastmath=True, cache=True)(_bwd)
+
+
+def _table(dtype: np.dtype) -> np.ndarray | None:
+    """The fast exp's scale table for float32 kernels; None selects libm's exp (float64)."""
+    return POW2 if dtype == np.float32 else None
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -140,7 +175,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
         hlast = np.empty((b, d, n), dtype=y.dtype)
         ckpt = np.empty((b, -(-L // CHUNK), d, n), dtype=y.dtype)
         args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(h0), _np(keep))
-        _fwd(*args, y, hlast, ckpt, CHUNK)
+        _fwd(*args, y, hlast, ckpt, CHUNK, _table(y.dtype))
         ctx.save_for_backward(u, delta, A, B, C, keep, torch.from_numpy(ckpt))
         return torch.from_numpy(y), torch.from_numpy(hlast)
 
@@ -162,7 +197,7 @@ class NumbaSelectiveScan(torch.autograd.Function):
         dC_blk = np.zeros((blocks, *C.shape), dtype)
         _bwd(
             _np(u), _np(delta), _np(A), _np(B), _np(C), _np(keep), _np(ckpt), dy, dhlast,
-            du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK, blocks,
+            du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK, blocks, _table(dtype),
         )  # fmt: skip
         t = torch.from_numpy
         grads = (t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0))

@@ -46,7 +46,8 @@ def selective_cases(s: Settings) -> Iterator[list[Row]]:
             rows.append(_measure("selective", case, "mambapy pscan", fn, inputs, s))
             rows[-1].note = "peer library"
         rows = _with_speedups(rows)
-        rows.append(_floor_row(case, [u, dt, B, C], s))  # a bound, not an implementation
+        rows.append(_floor_row(case, [u, dt, B, C], s))  # bounds, not implementations
+        rows.append(_exp_floor_row(case, b * l * d * n, s))
         yield rows
 
 
@@ -93,6 +94,21 @@ def _run_mambapy(pscan, u, dt, A, B, C, D) -> Tensor:
     delta = torch.nn.functional.softplus(dt).unsqueeze(-1)  # (b, l, d, 1)
     h = pscan(torch.exp(delta * A), delta * B.unsqueeze(2) * u.unsqueeze(-1))  # (b, l, d, n)
     return (h @ C.unsqueeze(-1)).squeeze(-1) + D * u
+
+
+def _exp_floor_row(case: str, count: int, s: Settings) -> Row:
+    """The forward needs one exp(delta A) per (step, channel, state): that many exps at the
+    rate torch's vectorised exp reaches on this machine."""
+    probe = -torch.rand(2**24, device=s.device)
+    out = torch.empty_like(probe)
+    torch.exp(probe, out=out)
+    start = time.perf_counter()
+    for _ in range(3):
+        torch.exp(probe, out=out)
+    per_exp = (time.perf_counter() - start) / (3 * probe.numel())
+    row = Row("selective", case, "floor: one exp per state", count * per_exp * 1e3, None, None)
+    row.note = f"{count / 1e6:.0f}M exps at {1e-9 / per_exp:.2f} G/s"
+    return row
 
 
 def _floor_row(case: str, inputs: list[Tensor], s: Settings) -> Row:

@@ -75,3 +75,13 @@ def check_int(name: str, value: object, minimum: int = 0) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_bool_mask(name: str, x: object, shape: Sequence[int]) -> Tensor:
+    """Raise unless ``x`` is a bool tensor of exactly ``shape``."""
+    check_tensor(name, x)
+    if x.dtype != torch.bool or tuple(x.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must be a bool tensor of shape {tuple(shape)}, got {x.dtype} {tuple(x.shape)}"
+        )
+    return x

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.core.checks import check_finite, check_tensor
+from ssmkit.core.checks import check_bool_mask, check_finite, check_tensor
 from ssmkit.ops import registry
 from ssmkit.ops.selective_scan import cpu_numba
 from ssmkit.ops.selective_scan.chunked import selective_scan_chunked
@@ -79,7 +79,7 @@ def selective_scan(
     h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
     delta = delta_of(dt, dt_bias, dt_softplus)
     impl = registry.resolve("selective_scan", backend, u.device)
-    keep = None if reset is None else _keep(reset, b, u.shape[1])
+    keep = None if reset is None else ~check_bool_mask("reset", reset, (b, u.shape[1]))
     args = [x.to(dtype) for x in (u, delta, A, B4, C4, h0)]
     y, h_last = impl.fn(*args, None if keep is None else keep.to(dtype))
     y = finish(y, u, D, z)
@@ -126,17 +126,6 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
         _same("initial_state", initial_state, (b, d, n))
         check_finite("initial_state", initial_state)
     return b, l, d, n
-
-
-def _keep(reset: Tensor, b: int, l: int) -> Tensor:
-    """1 - reset as floats, after checking reset is a (b, l) bool tensor."""
-    check_tensor("reset", reset)
-    if reset.dtype != torch.bool or tuple(reset.shape) != (b, l):
-        raise ValueError(
-            f"reset must be a bool tensor of shape ({b}, {l}), got {reset.dtype} "
-            f"{tuple(reset.shape)}"
-        )
-    return (~reset).float()
 
 
 def _same(name: str, x: Tensor, shape: tuple[int, ...]) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.core.checks import check_finite, check_int, check_tensor
+from ssmkit.core.checks import check_bool_mask, check_finite, check_int, check_tensor
 from ssmkit.ops import registry
+from ssmkit.ops.selective_scan.ref import delta_of
 from ssmkit.ops.ssd.chunked import ssd_chunked
 from ssmkit.ops.ssd.ref import ssd_ref
 
@@ -58,21 +59,12 @@ def ssd(
     """
     b, _, h, p, n = _check(x, dt, A, B, C, D, z, dt_bias, initial_state)
     check_int("chunk_size", chunk_size, minimum=1)
-    delta = dt if dt_bias is None else dt + dt_bias
-    if dt_softplus:
-        delta = F.softplus(delta)
+    delta = delta_of(dt, dt_bias, dt_softplus)
     h0 = initial_state if initial_state is not None else x.new_zeros(b, h, p, n)
     impl = registry.resolve("ssd", backend, x.device)
-    keep = None
-    if reset is not None:
-        check_tensor("reset", reset)
-        if reset.dtype != torch.bool or tuple(reset.shape) != (b, x.shape[1]):
-            raise ValueError(
-                f"reset must be a bool tensor of shape ({b}, {x.shape[1]}), got "
-                f"{reset.dtype} {tuple(reset.shape)}"
-            )
-        keep = (~reset).to(x.dtype)
+    keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
+    keep = None if keep is None else keep.to(x.dtype)
     if impl.name == "chunked":
         y, last = impl.fn(*args, keep, chunk_size=chunk_size)
     else:

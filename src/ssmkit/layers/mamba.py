@@ -126,12 +126,13 @@ class Mamba(SequenceLayer):
         xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths, reset)
         xs = F.silu(xs)
         delta, B, C = self._selection(xs)
-        if lengths is not None:  # delta = 0 past the end: the state stays, nothing enters
-            delta = delta * length_mask(lengths, l).unsqueeze(-1)
+        mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)  # (b, l, 1)
+        if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
+            delta = delta * mask
         y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm, reset=reset)
         y = self.out_proj(y)
-        if lengths is not None:
-            y = y * length_mask(lengths, l).unsqueeze(-1)
+        if mask is not None:
+            y = y * mask
         return y, (MambaState(conv_last, h) if return_state else None)
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:

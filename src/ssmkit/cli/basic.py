@@ -1,8 +1,4 @@
-"""The ``ssmkit`` command.
-
-Subcommands: ``demo`` (what ``make demo`` runs), ``bench`` (fast paths vs references),
-``list`` (registered operator backends). Every subcommand has ``--help``.
-"""
+"""``ssmkit demo``, ``ssmkit bench`` and ``ssmkit list``."""
 
 from __future__ import annotations
 
@@ -10,10 +6,8 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-import ssmkit
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -66,15 +60,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``ssmkit`` command."""
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``demo``, ``bench`` and ``list`` to the ``ssmkit`` command."""
     from ssmkit.bench import SIZES, SUITES
 
-    parser = argparse.ArgumentParser(
-        prog="ssmkit", description="State space models of long sequences."
-    )
-    parser.add_argument("--version", action="version", version=f"ssmkit {ssmkit.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo", help="HiPPO online compression and reconstruction of a signal, plotted to PNG"
@@ -103,14 +92,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="operators and their registered backends")
     lst.set_defaults(fn=_cmd_list)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ssmkit`` command."""
-    args = build_parser().parse_args(argv)
-    return int(args.fn(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

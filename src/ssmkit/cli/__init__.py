@@ -7,10 +7,11 @@ subcommand has ``--help``.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 import ssmkit
-from ssmkit.cli import basic
+from ssmkit.cli import basic, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssmkit {ssmkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (basic,):
+    for module in (basic, train):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ssmkit`` command."""
-    args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "extra_ok", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.fn(args, extra) if getattr(args, "extra_ok", False) else args.fn(args))
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"ssmkit {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ssmkit.analysis.hippo_plot import demo_signal, plot_reconstruction
 
@@ -63,7 +62,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``demo``, ``bench`` and ``list`` to the ``ssmkit`` command."""
     from ssmkit.bench import SIZES, SUITES
-
 
     demo = sub.add_parser(
         "demo", help="HiPPO online compression and reconstruction of a signal, plotted to PNG"

@@ -7,6 +7,16 @@
 Parameter names follow the reference implementation (``in_proj, conv1d, x_proj, dt_proj,
 A_log, D, out_proj``) so its checkpoints load without a renaming table. The state is the
 conv window and the SSM state, both of constant size: ``step`` decodes one token with it.
+
+Two optional refinements of Vo et al. (arXiv 2410.03292), both off by default:
+
+* ``bc_param``: sign-constrained B and C rows of x_proj, S_C^T S_B = U^T diag(d) U
+  (:mod:`ssmkit.layers.selective_params`); the parameter names stay the same.
+* ``reorder``: tokens sorted by importance s_l = K^T (S_Delta x_l + b_Delta) with a SoftSort
+  permutation P (:mod:`ssmkit.layers.token_order`) before delta, B and C are computed; the
+  output is mapped back with P^T (exact for a hard permutation; the authors' vision code
+  leaves it in sorted order). It mixes the whole sequence, so it is allowed only with
+  ``causal=False`` (classification), and refuses streaming (``state``, ``step``).
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from ssmkit.layers.base import (
     packed_resets,
 )
 from ssmkit.layers.conv1d import CausalConv1d
+from ssmkit.layers.selective_params import check_bc_param
+from ssmkit.layers.selective_params import x_proj_weight as effective_x_proj
+from ssmkit.layers.token_order import importance_scores, soft_sort
 from ssmkit.ops import selective_scan
 
 Tensor = torch.Tensor
@@ -55,6 +68,12 @@ class Mamba(SequenceLayer):
         dt_init_floor: smallest initial dt.
         bias: biases of in_proj and out_proj. conv_bias: bias of conv1d.
         backend: selective-scan backend ("auto", "ref", "chunked", "numba").
+        bc_param: "none" (default), "positive", "negative" or "mixed": S_C^T S_B =
+            U^T diag(d) U with d > 0, d < 0 or both signs (Vo et al.; needs d_state <= d_inner).
+        reorder: sort tokens by a learned importance score (SoftSort, tau = 1) before the
+            scan; O(l^2). Breaks causality: needs ``causal=False``.
+        causal: whether the layer serves an autoregressive model (the default). ``False``
+            declares a non-causal use (e.g. a classifier) and changes nothing else.
     """
 
     def __init__(
@@ -70,6 +89,9 @@ class Mamba(SequenceLayer):
         bias: bool = False,
         conv_bias: bool = True,
         backend: str = "auto",
+        bc_param: str = "none",
+        reorder: bool = False,
+        causal: bool = True,
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
@@ -82,6 +104,16 @@ class Mamba(SequenceLayer):
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner, self.dt_rank, self.backend = expand * d_model, dt_rank, backend
         d_inner = self.d_inner
+        self.bc_param = check_bc_param(bc_param, d_state, d_inner)
+        for name, v in (("reorder", reorder), ("causal", causal)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+        if reorder and causal:
+            raise ValueError(
+                "token reordering breaks causality; use it only in non-causal (classification) "
+                "models, causal=False"
+            )
+        self.reorder, self.causal = reorder, causal
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv1d = CausalConv1d(d_inner, d_conv, bias=conv_bias)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -95,6 +127,8 @@ class Mamba(SequenceLayer):
         self.A_log = ssm_parameter(nn.Parameter(torch.log(A)), lr=None)
         self.D = ssm_parameter(nn.Parameter(torch.ones(d_inner)), lr=None)
         ssm_parameter(self.dt_proj.bias, lr=None)
+        if reorder:  # K of the importance score s_l = K^T (S_Delta x_l + b_Delta)
+            self.K = nn.Parameter(torch.empty(d_inner).uniform_(-(d_inner**-0.5), d_inner**-0.5))
 
     def initial_state(self, batch: int) -> MambaState:
         device = self.A_log.device
@@ -122,14 +156,21 @@ class Mamba(SequenceLayer):
         reset = packed_resets(cu_seqlens, b, l, lengths)
         if state is not None:
             self._check_state(state, b)
+        if self.reorder:
+            self._refuse_streaming(state is not None, return_state, cu_seqlens is not None)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
         xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths, reset)
         xs = F.silu(xs)
+        P = self.soft_permutation(xs, lengths) if self.reorder else None  # (b, l, l)
+        if P is not None:  # valid tokens stay in the first lengths[i] places
+            xs, z = P.to(xs.dtype) @ xs, P.to(z.dtype) @ z
         delta, B, C = self._selection(xs)
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)  # (b, l, 1)
         if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
             delta = delta * mask
         y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm, reset=reset)
+        if P is not None:
+            y = P.transpose(-1, -2).to(y.dtype) @ y  # back to the input order
         y = self.out_proj(y)
         if mask is not None:
             y = y * mask
@@ -137,6 +178,8 @@ class Mamba(SequenceLayer):
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """One token: x_t (b, d) -> y_t (b, d) and the next state (same sizes)."""
+        if self.reorder:
+            self._refuse_streaming(True, False, False)
         x_t = check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (b, d_inner)
@@ -146,11 +189,38 @@ class Mamba(SequenceLayer):
         y, h = self._scan(xs, delta, B, C, z.unsqueeze(1), state.ssm, backend="ref")
         return self.out_proj(y[:, 0]), MambaState(conv, h)
 
+    def x_proj_weight(self) -> Tensor:
+        """The effective x_proj weight (dt_rank + 2 n, d_inner), after ``bc_param``."""
+        return effective_x_proj(self.x_proj.weight, self.dt_rank, self.d_state, self.bc_param)
+
+    def bc_matrices(self) -> tuple[Tensor, Tensor]:
+        """S_B, S_C (n, d_inner): the B and C rows of the effective x_proj weight."""
+        _, S_B, S_C = self.x_proj_weight().split([self.dt_rank, self.d_state, self.d_state])
+        return S_B, S_C
+
+    def soft_permutation(self, xs: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """SoftSort matrix (b, l, l) of the importance scores of xs (b, l, d_inner), tau = 1."""
+        dt = F.linear(xs, self.x_proj_weight()[: self.dt_rank])  # (b, l, dt_rank)
+        work = torch.promote_types(xs.dtype, torch.float32)
+        dt_pre = self.dt_proj(dt).to(work)  # S_Delta x_l + b_Delta, (b, l, d_inner)
+        return soft_sort(importance_scores(dt_pre, self.K.to(work)), tau=1.0, lengths=lengths)
+
     def _selection(self, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """delta (b, l, d_inner) and B, C (b, l, n) from the conv output."""
-        dt, B, C = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        proj = self.x_proj(xs) if self.bc_param == "none" else F.linear(xs, self.x_proj_weight())
+        dt, B, C = proj.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt).to(torch.promote_types(dt.dtype, torch.float32)))
         return delta, B, C
+
+    def _refuse_streaming(self, has_state: bool, return_state: bool, packed: bool) -> None:
+        if has_state or return_state or packed:
+            what = "a state (state=, step)" if has_state else (
+                "return_state=True" if return_state else "packed sequences (cu_seqlens)"
+            )  # fmt: skip
+            raise ValueError(
+                f"token reordering (reorder=True) sorts the whole sequence at once and cannot "
+                f"be used with {what}; run full sequences, or build the layer with reorder=False"
+            )
 
     def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None, reset=None):
         """The SSM in float32 at least (float64 models stay float64), whatever autocast says."""

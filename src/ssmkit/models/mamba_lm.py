@@ -17,6 +17,7 @@ from ssmkit.core.checks import check_tensor
 from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
+from ssmkit.models.generation import decode
 
 Tensor = torch.Tensor
 
@@ -42,6 +43,9 @@ class MambaConfig:
     ngroups: int = 1  # Mamba-2: groups of heads sharing B and C
     chunk_size: int = 256  # Mamba-2: SSD chunk length
     dt_limit: tuple[float, float] = (0.0, math.inf)  # Mamba-2: delta clamped to this range
+    bc_param: str = "none"  # Mamba-1: S_C^T S_B = U^T diag(d) U sign constraint (Vo et al.)
+    reorder: bool = False  # Mamba-1: SoftSort token reordering by importance (non-causal only)
+    causal: bool = True  # whether the mixers serve an autoregressive model (reorder needs False)
 
 
 class MambaBlock(nn.Module):
@@ -52,6 +56,8 @@ class MambaBlock(nn.Module):
         self.residual_in_fp32 = cfg.residual_in_fp32
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if cfg.version == 2:
+            if cfg.bc_param != "none" or cfg.reorder:
+                raise ValueError("bc_param and reorder are Mamba-1 options: use version=1")
             self.mixer = Mamba2(
                 cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.headdim, cfg.ngroups,
                 cfg.chunk_size, dt_limit=cfg.dt_limit, bias=cfg.bias, conv_bias=cfg.conv_bias,
@@ -61,6 +67,7 @@ class MambaBlock(nn.Module):
             self.mixer = Mamba(
                 cfg.d_model, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dt_rank,
                 bias=cfg.bias, conv_bias=cfg.conv_bias, backend=backend,
+                bc_param=cfg.bc_param, reorder=cfg.reorder, causal=cfg.causal,
             )  # fmt: skip
 
     def forward(self, x, state=None, lengths=None, return_state=False):
@@ -143,28 +150,10 @@ class MambaLM(nn.Module):
         then tokens are decoded one step at a time. Sequences that produced ``eos_token_id``
         are padded with it. Returns (b, l + generated)."""
         self._check_ids(input_ids, 2)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not greedy and not temperature > 0:
-            raise ValueError(f"temperature must be > 0 (or greedy=True), got {temperature}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        logits, state = self(input_ids, return_state=True)
-        last = logits[:, -1]
-        out = [input_ids]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
-            token = _sample(last, greedy, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                token = torch.where(done, torch.full_like(token, eos_token_id), token)
-                done = done | (token == eos_token_id)
-            out.append(token.unsqueeze(1))
-            if eos_token_id is not None and bool(done.all()):
-                break
-            last, state = self.step(token, state)
-        return torch.cat(out, dim=1)
+        return decode(
+            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
+            generator,
+        )  # fmt: skip
 
     def _check_ids(self, ids: Tensor, ndim: int) -> None:
         check_tensor("input_ids", ids)
@@ -179,21 +168,3 @@ class MambaLM(nn.Module):
                 f"token ids must lie in [0, {self.cfg.vocab_size}), got "
                 f"[{int(ids.min())}, {int(ids.max())}]"
             )
-
-
-def _sample(logits, greedy, temperature, top_k, top_p, generator) -> Tensor:
-    """Next tokens (b,) from logits (b, vocab)."""
-    if greedy:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,11 +1,16 @@
-"""Fused CPU selective scan (numba): one pass over time per channel, nothing (b, l, d, n) kept.
+"""Fused CPU selective scan (numba): one pass over time per channel tile, nothing (b, l, d, n) kept.
 
-Forward: each (batch, channel) pair walks the sequence once with its n-vector state in
-registers, writing y and, every ``CHUNK`` steps, the state (the only thing stored:
-(b, l / CHUNK, d, n)). Backward: per chunk, from the last, the states are recomputed from the
-stored one and the gradient runs back through them. Channels are split in blocks across
-threads; dB, dC and dA are summed per block or per batch item into separate buffers and
-then added in a fixed order, so gradients are the same bit for bit on every run.
+The channels are cut into tiles of ``W`` neighbours of one group (the last tile of a group
+may be narrower; its spare lanes run on zeros). A tile's state is an (n, W) array and every
+inner loop runs over the W lanes with a compile-time trip count, so the compiler turns it into
+whole SIMD vectors, with no horizontal sums in the recurrence.
+
+Forward: each (batch, tile) pair walks the sequence once, writing y and, every ``CHUNK``
+steps, the state (the only thing stored: (b, l / CHUNK, n, d)). Backward: per chunk, from
+the last, the states are recomputed from the stored one and the gradient runs back through
+them. Tiles are split in blocks across threads; dB and dC are summed per block, dA per batch
+item, into separate buffers that are then added in a fixed order, so the gradients are the
+same bit for bit on every run.
 """
 
 from __future__ import annotations
@@ -17,17 +22,18 @@ import torch
 
 try:
     import numba
+    from llvmlite import ir
     from numba import njit, prange
+    from numba.core import types
+    from numba.extending import intrinsic, overload
 except ImportError:  # the backend is optional (extra "fast")
     numba = None
 
 Tensor = torch.Tensor
 CHUNK = 64  # steps between stored states
+W = 32  # channels per tile: the inner loops run over them (two AVX-512 float32 vectors)
 BLOCKS_PER_THREAD = 2
 
-
-# 2^n for n = -126 .. 127, the scale of the float32 exp below
-POW2 = np.array([2.0**i for i in range(-126, 128)], dtype=np.float32)
 LOG2E = 1.4426950408889634
 # (ln 2)^k / k!, k = 1 .. 7: Taylor series of 2^f on |f| <= 1/2 (error ~5e-9 relative)
 C1, C2, C3, C4 = 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477
@@ -38,119 +44,198 @@ def available() -> bool:
     return numba is not None
 
 
-def _exp(x, pow2):  # pragma: no cover - compiled
-    """exp(x): libm for float64 (pow2 is None); for float32 a branch-free form the compiler
-    vectorises, exp(x) = 2^n 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its Taylor
-    series (relative error about 1e-7, float32's own); below 2^-126 it returns 2^-126 2^f."""
-    if pow2 is None:
-        return math.exp(x)
-    y = x * np.float32(LOG2E)
-    y = min(max(y, np.float32(-126.0)), np.float32(127.0))
-    n = math.floor(y + np.float32(0.5))
-    f = y - n
-    p = np.float32(C7)
-    p = p * f + np.float32(C6)
-    p = p * f + np.float32(C5)
-    p = p * f + np.float32(C4)
-    p = p * f + np.float32(C3)
-    p = p * f + np.float32(C2)
-    p = p * f + np.float32(C1)
-    p = p * f + np.float32(1.0)
-    return p * pow2[int(n) + 126]
+def _exp(x):  # pragma: no cover - compiled through the overload below
+    """exp(x) inside the kernels: libm for float64, a vectorisable form for float32."""
+    return math.exp(x)
 
 
-def _fwd(u, delta, A, B, C, h0, keep, y, hlast, ckpt, T, pow2):  # pragma: no cover - compiled
-    Bsz, L, D = u.shape
-    N = A.shape[1]
-    per_group = D // B.shape[2]
-    for p in prange(Bsz * D):
-        b = p // D
-        d = p % D
-        g = d // per_group
-        h = np.empty(N, dtype=h0.dtype)
+if numba is not None:
+
+    @intrinsic
+    def _pow2(typingctx, n):
+        """2^n as float32 for an integer -126 <= n <= 127: the exponent bits set directly."""
+        if not isinstance(n, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            biased = builder.add(args[0], ir.Constant(args[0].type, 127))
+            bits = builder.shl(builder.trunc(biased, ir.IntType(32)), ir.Constant(ir.IntType(32), 23))
+            return builder.bitcast(bits, ir.FloatType())
+
+        return types.float32(n), codegen
+
+    @overload(_exp, inline="always", fastmath=True)
+    def _exp_overload(x):
+        if x != types.float32:
+            return lambda x: math.exp(x)
+
+        def exp32(x):
+            # exp(x) = 2^m 2^f, m = round(x log2 e), |f| <= 1/2, 2^f by its Taylor series:
+            # relative error about 1e-7 (float32's own); below 2^-126 it returns 2^-126 2^f.
+            y = x * np.float32(LOG2E)
+            y = min(max(y, np.float32(-126.0)), np.float32(127.0))
+            m = np.floor(y + np.float32(0.5))  # float32: math.floor would give an int64
+            f = y - m
+            p = np.float32(C7)
+            p = p * f + np.float32(C6)
+            p = p * f + np.float32(C5)
+            p = p * f + np.float32(C4)
+            p = p * f + np.float32(C3)
+            p = p * f + np.float32(C2)
+            p = p * f + np.float32(C1)
+            p = p * f + np.float32(1.0)
+            return p * _pow2(np.int32(m))
+
+        return exp32
+
+
+def _put(dst, src):  # pragma: no cover - compiled
+    """dst[:w] = src (a tile's w <= W channels, a slice: no gather), zeros in the spare lanes."""
+    w = src.shape[0]
+    for i in range(w):
+        dst[i] = src[i]
+    for i in range(w, W):
+        dst[i] = 0
+
+
+def _fwd(u, delta, At, B, C, h0, keep, tiles, y, hlast, ckpt, T):  # pragma: no cover
+    Bsz, L, _ = u.shape
+    N = At.shape[0]
+    n_tiles = tiles.shape[0]
+    for p in prange(Bsz * n_tiles):
+        b = p // n_tiles
+        d0, w, g = tiles[p % n_tiles, 0], tiles[p % n_tiles, 1], tiles[p % n_tiles, 2]
+        cs = slice(d0, d0 + w)  # the tile's channels
+        S = np.empty((N, 2, W), dtype=u.dtype)  # [k, 0]: the state h; [k, 1]: A
+        V = np.empty((3, W), dtype=u.dtype)  # the step's delta, x = delta u, y
         for k in range(N):
-            h[k] = h0[b, d, k]
+            _put(S[k, 0], h0[b, cs, k])
+            _put(S[k, 1], At[k, cs])
         for t in range(L):
             if t % T == 0:
                 for k in range(N):
-                    ckpt[b, t // T, d, k] = h[k]
-            dl = delta[b, t, d]
-            x = dl * u[b, t, d]
+                    ckpt[b, t // T, k, cs] = S[k, 0, :w]
             kt = keep[b, t]
-            acc = 0.0
+            _put(V[0], delta[b, t, cs])
+            _put(V[1], u[b, t, cs])
+            for i in range(W):
+                V[1, i] *= V[0, i]
+                V[2, i] = 0
             for k in range(N):
-                hk = kt * _exp(dl * A[d, k], pow2) * h[k] + x * B[b, t, g, k]
-                h[k] = hk
-                acc += C[b, t, g, k] * hk
-            y[b, t, d] = acc
+                bk = B[b, t, g, k]
+                ck = C[b, t, g, k]
+                for i in range(W):
+                    hk = kt * _exp(V[0, i] * S[k, 1, i]) * S[k, 0, i] + V[1, i] * bk
+                    S[k, 0, i] = hk
+                    V[2, i] += ck * hk
+            y[b, t, cs] = V[2, :w]
         for k in range(N):
-            hlast[b, d, k] = h[k]
+            hlast[b, cs, k] = S[k, 0, :w]
 
 
 def _bwd(
-    u, delta, A, B, C, keep, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, T, NB, pow2
-):  # pragma: no cover
-    Bsz, L, D = u.shape
-    N = A.shape[1]
-    per_group = D // B.shape[2]
+    u, delta, At, B, C, keep, tiles, bounds, ckpt, dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk,
+    dh0, T,
+):  # pragma: no cover - compiled  # fmt: skip
+    # Few scratch arrays, on purpose: the compiler vectorises the inner loops only when it
+    # can check every pair of arrays they touch for overlap, and gives up past a handful.
+    # But the step's sums over k get their own array R: kept in G (rows [N]) they made the
+    # backward 2x slower (the overlap check with G[k] fails at run time: scalar code).
+    Bsz, L, _ = u.shape
+    N = At.shape[0]
+    NB = bounds.shape[0] - 1
     n_chunks = ckpt.shape[1]
-    width = (D + NB - 1) // NB
     for p in prange(Bsz * NB):
         b = p // NB
         blk = p % NB
-        H = np.empty((T + 1, N), dtype=u.dtype)
-        E = np.empty((T, N), dtype=u.dtype)
-        gh = np.empty(N, dtype=u.dtype)
-        for d in range(blk * width, min(D, (blk + 1) * width)):
-            g = d // per_group
+        HE = np.empty((T + 1, 2, N, W), dtype=u.dtype)  # the chunk's states [0] and decays [1]
+        G = np.empty((N, 3, W), dtype=u.dtype)  # [k]: dL/dh carried back, dL/dA, A
+        V = np.empty((4, W), dtype=u.dtype)  # the step's delta, x = delta u, dy, u
+        R = np.empty((2, W), dtype=u.dtype)  # the step's dL/d(delta) via the decays, dL/dx
+        for tile in range(bounds[blk], bounds[blk + 1]):
+            d0, w, g = tiles[tile, 0], tiles[tile, 1], tiles[tile, 2]
+            cs = slice(d0, d0 + w)
             for k in range(N):
-                gh[k] = dhlast[b, d, k]
+                _put(G[k, 0], dhlast[b, cs, k])
+                G[k, 1, :] = 0
+                _put(G[k, 2], At[k, cs])
             for c in range(n_chunks - 1, -1, -1):
                 t0 = c * T
                 steps = min(L, t0 + T) - t0
                 for k in range(N):
-                    H[0, k] = ckpt[b, c, d, k]
+                    _put(HE[0, 0, k], ckpt[b, c, k, cs])
                 for j in range(steps):  # recompute the chunk's states
                     t = t0 + j
-                    dl = delta[b, t, d]
-                    x = dl * u[b, t, d]
                     kt = keep[b, t]
+                    _put(V[0], delta[b, t, cs])
+                    _put(V[1], u[b, t, cs])
+                    for i in range(W):
+                        V[1, i] *= V[0, i]
                     for k in range(N):
-                        a = kt * _exp(dl * A[d, k], pow2)
-                        E[j, k] = a
-                        H[j + 1, k] = a * H[j, k] + x * B[b, t, g, k]
-                for j in range(steps - 1, -1, -1):
+                        bk = B[b, t, g, k]
+                        for i in range(W):
+                            a = kt * _exp(V[0, i] * G[k, 2, i])
+                            HE[j, 1, k, i] = a
+                            HE[j + 1, 0, k, i] = a * HE[j, 0, k, i] + V[1, i] * bk
+                for jj in range(steps):  # and back through them
+                    j = steps - 1 - jj
                     t = t0 + j
-                    dl = delta[b, t, d]
-                    ut = u[b, t, d]
-                    x = dl * ut
-                    gy = dy[b, t, d]
-                    ddl = 0.0
-                    dx = 0.0
+                    _put(V[0], delta[b, t, cs])
+                    _put(V[3], u[b, t, cs])
+                    _put(V[2], dy[b, t, cs])
+                    for i in range(W):
+                        V[1, i] = V[0, i] * V[3, i]
+                        R[0, i] = 0
+                        R[1, i] = 0
                     for k in range(N):
-                        ghk = gh[k] + gy * C[b, t, g, k]  # dL/dh_t
-                        dC_blk[blk, b, t, g, k] += gy * H[j + 1, k]
-                        da = ghk * H[j, k] * E[j, k]  # dL/d(dl A_k)
-                        ddl += da * A[d, k]
-                        dA_b[b, d, k] += da * dl
-                        dx += ghk * B[b, t, g, k]
-                        dB_blk[blk, b, t, g, k] += ghk * x
-                        gh[k] = ghk * E[j, k]
-                    ddelta[b, t, d] = ddl + dx * ut
-                    du[b, t, d] = dx * dl
+                        bk = B[b, t, g, k]
+                        ck = C[b, t, g, k]
+                        sb = u.dtype.type(0)
+                        sc = u.dtype.type(0)
+                        for i in range(W):
+                            ghk = G[k, 0, i] + V[2, i] * ck  # dL/dh_t
+                            sc += V[2, i] * HE[j + 1, 0, k, i]
+                            da = ghk * HE[j, 0, k, i] * HE[j, 1, k, i]  # dL/d(delta A_k)
+                            R[0, i] += da * G[k, 2, i]
+                            G[k, 1, i] += da * V[0, i]
+                            R[1, i] += ghk * bk
+                            sb += ghk * V[1, i]
+                            G[k, 0, i] = ghk * HE[j, 1, k, i]
+                        dB_blk[blk, b, t, g, k] += sb
+                        dC_blk[blk, b, t, g, k] += sc
+                    ddelta_t = ddelta[b, t, cs]
+                    du_t = du[b, t, cs]
+                    for i in range(w):
+                        ddelta_t[i] = R[0, i] + R[1, i] * V[3, i]
+                        du_t[i] = R[1, i] * V[0, i]
             for k in range(N):
-                dh0[b, d, k] = gh[k]
+                dh0[b, cs, k] = G[k, 0, :w]
+                dA_b[b, cs, k] = G[k, 1, :w]
 
 
 if numba is not None:
-    _exp = njit(fastmath=True, inline="always")(_exp)
+    _put = njit(inline="always")(_put)
     _fwd = njit(parallel=True, fastmath=True, cache=True)(_fwd)
     _bwd = njit(parallel=True, fastmath=True, cache=True)(_bwd)
 
 
-def _table(dtype: np.dtype) -> np.ndarray | None:
-    """The fast exp's scale table for float32 kernels; None selects libm's exp (float64)."""
-    return POW2 if dtype == np.float32 else None
+def _tiles(d: int, groups: int) -> np.ndarray:
+    """(tiles, 3) int64 rows (first channel, width <= W, group): W-wide runs of each group."""
+    per = d // groups
+    rows = [
+        (s, min(W, (g + 1) * per - s), g)
+        for g in range(groups)
+        for s in range(g * per, (g + 1) * per, W)
+    ]
+    return np.array(rows, dtype=np.int64)
+
+
+def _padded_At(A: Tensor) -> np.ndarray:
+    """A transposed to (n, d + W), zeros past d: a narrow tile reads exp(0) = 1 there."""
+    d, n = A.shape
+    At = np.zeros((n, d + W), dtype=_np(A).dtype)
+    At[:, :d] = _np(A).T
+    return At
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -171,11 +256,13 @@ class NumbaSelectiveScan(torch.autograd.Function):
         b, L, d = u.shape
         n = A.shape[1]
         _threads()
+        tiles = _tiles(d, B.shape[2])
+        At = _padded_At(A)
         y = np.empty((b, L, d), dtype=_np(u).dtype)
         hlast = np.empty((b, d, n), dtype=y.dtype)
-        ckpt = np.empty((b, -(-L // CHUNK), d, n), dtype=y.dtype)
-        args = (_np(u), _np(delta), _np(A), _np(B), _np(C), _np(h0), _np(keep))
-        _fwd(*args, y, hlast, ckpt, CHUNK, _table(y.dtype))
+        ckpt = np.empty((b, -(-L // CHUNK), n, d), dtype=y.dtype)
+        args = (_np(u), _np(delta), At, _np(B), _np(C), _np(h0), _np(keep), tiles)
+        _fwd(*args, y, hlast, ckpt, CHUNK)
         ctx.save_for_backward(u, delta, A, B, C, keep, torch.from_numpy(ckpt))
         return torch.from_numpy(y), torch.from_numpy(hlast)
 
@@ -188,16 +275,18 @@ class NumbaSelectiveScan(torch.autograd.Function):
         dtype = _np(u).dtype
         dy = np.zeros((b, L, d), dtype) if dy is None else _np(dy)
         dhlast = np.zeros((b, d, n), dtype) if dhlast is None else _np(dhlast)
-        blocks = min(d, _threads() * BLOCKS_PER_THREAD)
+        tiles = _tiles(d, B.shape[2])
+        blocks = min(len(tiles), _threads() * BLOCKS_PER_THREAD)
+        bounds = np.array([len(tiles) * i // blocks for i in range(blocks + 1)], dtype=np.int64)
         du = np.empty((b, L, d), dtype)
         ddelta = np.empty((b, L, d), dtype)
         dh0 = np.empty((b, d, n), dtype)
-        dA_b = np.zeros((b, d, n), dtype)
+        dA_b = np.empty((b, d, n), dtype)
         dB_blk = np.zeros((blocks, *B.shape), dtype)
         dC_blk = np.zeros((blocks, *C.shape), dtype)
         _bwd(
-            _np(u), _np(delta), _np(A), _np(B), _np(C), _np(keep), _np(ckpt), dy, dhlast,
-            du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK, blocks, _table(dtype),
+            _np(u), _np(delta), _padded_At(A), _np(B), _np(C), _np(keep), tiles, bounds,
+            _np(ckpt), dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK,
         )  # fmt: skip
         t = torch.from_numpy
         grads = (t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0))

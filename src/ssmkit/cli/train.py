@@ -1,0 +1,181 @@
+"""``ssmkit train``, ``eval``, ``generate`` and ``plot``: sequence models on offline tasks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from ssmkit.models.sequence import LAYERS
+
+PROGRESS = ("auto", "bar", "lines", "off")
+
+
+def _overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """``--key value`` / ``--key=value`` pairs from the arguments argparse did not know."""
+    pairs, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or len(arg) < 3:
+            raise ValueError(f"expected --key value overrides, got {arg!r}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            key, value = arg[2:], extra[i + 1]
+            i += 2
+        else:
+            raise ValueError(f"{arg} needs a value")
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from ssmkit.train import TrainingInterruptedError, apply_overrides, default_run, train
+    from ssmkit.train.run import read_config
+
+    if args.resume:
+        if extra or args.task or args.model:
+            raise ValueError("--resume continues a run as configured; drop the other options")
+        run_dir = Path(args.resume)
+        run = read_config(run_dir)
+    else:
+        run = apply_overrides(
+            default_run(args.task or "digits", args.model or "s4d"), _overrides(extra)
+        )
+        if args.out:
+            run_dir = Path(args.out)
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("under torchrun pass --out RUN_DIR so that every process uses it")
+        else:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(args.runs) / f"{run.task}-{run.model.layer}-{stamp}"
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    say = print if rank0 else (lambda *a: None)
+    say(f"run directory: {run_dir}")
+    say(f"task {run.task}, model {run.model.layer} (d_model {run.model.d_model}, "
+        f"{run.model.n_layers} layers), {run.train.epochs} epochs")  # fmt: skip
+    try:
+        summary = train(run, run_dir, resume=bool(args.resume), progress=args.progress, log=say)
+    except TrainingInterruptedError as e:
+        say(f"{e}; resume with: ssmkit train --resume {run_dir}")
+        return 130
+    if not rank0:
+        return 0
+    metric = summary["metric"]
+    value = summary["test"].get(metric)
+    say(f"test {metric}: {value:.4f}" if value is not None else "test: no test split")
+    if not args.no_plot:
+        try:
+            from ssmkit.train.plots import plot_run
+            from ssmkit.train.run import load_run
+
+            for path in plot_run(load_run(run_dir)):
+                say(f"plot: {path}")
+        except ValueError as e:  # matplotlib missing
+            say(f"no plots: {e}")
+    say(f"run directory: {run_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ssmkit.train import evaluate
+    from ssmkit.train.run import load_run
+
+    run = load_run(Path(args.run_dir), args.weights, args.device)
+    split = run.task.splits()[args.split]
+    metrics = evaluate(run.model, split, run.task.spec.kind, args.batch_size, args.device)
+    print(json.dumps({"split": args.split, "weights": args.weights, **metrics}, indent=2))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ssmkit.train.run import load_run
+
+    run = load_run(Path(args.run_dir), args.weights, args.device)
+    spec = run.task.spec
+    if spec.kind != "tokens" or spec.input != "tokens":
+        raise ValueError(f"generate needs a token task; {run.config.task} is {spec.kind!r}")
+    if spec.itos is not None:
+        stoi = {s: i for i, s in enumerate(spec.itos)}
+        unknown = sorted({ch for ch in args.prompt if ch not in stoi})
+        if unknown:
+            raise ValueError(f"--prompt has characters outside the vocabulary: {unknown}")
+        ids = [stoi[ch] for ch in args.prompt]
+    else:
+        try:
+            ids = [int(t) for t in args.prompt.split()]
+        except ValueError:
+            raise ValueError(
+                "this task has no text vocabulary: give --prompt as token ids"
+            ) from None
+    if not ids:
+        raise ValueError("--prompt is empty")
+    g = torch.Generator().manual_seed(args.seed)
+    out = run.model.generate(
+        torch.tensor([ids], device=args.device), args.max_new_tokens, args.temperature,
+        args.top_k, args.top_p, greedy=args.greedy, generator=g,
+    )[0].tolist()  # fmt: skip
+    if spec.itos is not None:
+        print("".join(spec.itos[i] for i in out))
+    else:
+        print(" ".join(map(str, out)))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from ssmkit.train.plots import plot_run
+    from ssmkit.train.run import load_run
+
+    for path in plot_run(load_run(Path(args.run_dir), args.weights)):
+        print(f"plot: {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``eval``, ``generate`` and ``plot`` to the ``ssmkit`` command."""
+    tr = sub.add_parser(
+        "train",
+        help="train a model on a task (no arguments: S4D on sequential digits)",
+        description="Train a sequence model. Any field of the task, model or train config "
+        "can be set as --FIELD VALUE (or --task.FIELD / --model.FIELD / --train.FIELD when "
+        "the name is ambiguous); `ssmkit list` shows tasks and models.",
+    )
+    tr.add_argument("--task", help="task name (default digits)")
+    tr.add_argument("--model", choices=LAYERS, help="layer type of the blocks (default s4d)")
+    tr.add_argument("--out", help="run directory (default runs/TASK-MODEL-TIMESTAMP)")
+    tr.add_argument("--runs", default="runs", help="parent of new run directories")
+    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    tr.add_argument("--progress", default="auto", choices=PROGRESS, help="progress display")
+    tr.add_argument("--no-plot", action="store_true", help="do not write plots at the end")
+    tr.set_defaults(fn=_cmd_train, extra_ok=True)
+
+    ev = sub.add_parser("eval", help="metrics of a trained run on a split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--weights", default="best", choices=["best", "last"])
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(fn=_cmd_eval)
+
+    gen = sub.add_parser("generate", help="continue a prompt with a trained token model")
+    gen.add_argument("run_dir")
+    gen.add_argument("--prompt", required=True, help="text (text tasks) or token ids")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--greedy", action="store_true")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--weights", default="best", choices=["best", "last"])
+    gen.add_argument("--device", default="cpu")
+    gen.set_defaults(fn=_cmd_generate)
+
+    pl = sub.add_parser("plot", help="training curves, kernels and step sizes as PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--weights", default="best", choices=["best", "last"])
+    pl.set_defaults(fn=_cmd_plot)

@@ -1,0 +1,273 @@
+"""A sequence model around any ssmkit layer: encoder, residual pre-norm blocks, head.
+
+``SequenceModel`` = encoder (token embedding or linear) -> ``n_layers`` blocks
+``x + dropout(layer(norm(x)))`` -> final norm -> head. The head is chosen by the task:
+
+* ``classification`` / ``regression``: pool the valid steps (mean or last), then a linear map
+  to ``n_outputs`` (b, n_outputs);
+* ``tokens`` (language modelling, copying, recall) and ``forecast``: a per-step linear map
+  (b, l, n_outputs); with token inputs and outputs over the same vocabulary the head shares the
+  embedding matrix (tied embeddings).
+
+Causal models stream: ``forward(x, state=..., return_state=True)`` continues a sequence,
+``step`` advances one step, and ``generate`` decodes tokens through every layer's step mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssmkit.core.checks import check_choice, check_tensor
+from ssmkit.layers import DSS, LRU, S4, S4D, S5
+from ssmkit.layers.base import length_mask
+from ssmkit.layers.mamba import Mamba
+from ssmkit.layers.mamba2 import Mamba2
+from ssmkit.layers.norms import RMSNorm
+from ssmkit.models.generation import decode
+
+Tensor = torch.Tensor
+
+LAYERS = ("s4", "s4d", "dss", "s5", "lru", "mamba", "mamba2")
+HEADS = ("classification", "regression", "tokens", "forecast")
+POOLINGS = ("mean", "last")
+NORMS = ("layer", "rms")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a :class:`SequenceModel` (symbols of the S4/S4D/Mamba papers)."""
+
+    layer: str = "s4d"  # sequence layer of every block: s4, s4d, dss, s5, lru, mamba, mamba2
+    d_model: int = 64  # H (S4) / D (Mamba): channels of the residual stream
+    n_layers: int = 4  # number of residual blocks
+    d_state: int = 64  # N: state size (per channel for S4/S4D/DSS/LRU/Mamba, total for S5)
+    dropout: float = 0.0  # dropout on each block's output before the residual add
+    norm: str = "layer"  # pre-norm of each block and the final norm: "layer" or "rms"
+    pooling: str = "mean"  # sequence-level heads: mean or last over the valid steps
+    bidirectional: bool = False  # LTI layers only: also run the SSM backwards (non-causal)
+    dt_min: float = 1e-3  # lower end of the log-uniform step-size init
+    dt_max: float = 1e-1  # upper end of the log-uniform step-size init
+    expand: int = 2  # Mamba/Mamba-2: E, inner channels = E * d_model
+    headdim: int = 16  # Mamba-2: P, channels per head
+    chunk_size: int = 64  # Mamba-2: SSD chunk length
+
+    def __post_init__(self) -> None:
+        check_choice("layer", self.layer, LAYERS)
+        check_choice("norm", self.norm, NORMS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        for name in ("d_model", "n_layers", "d_state", "expand", "headdim", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if self.bidirectional and self.layer in ("mamba", "mamba2"):
+            raise ValueError(f"bidirectional applies to LTI layers, not layer={self.layer!r}")
+        if self.layer == "mamba2" and (self.expand * self.d_model) % self.headdim:
+            raise ValueError(
+                f"mamba2 needs expand * d_model ({self.expand * self.d_model}) divisible by "
+                f"headdim ({self.headdim})"
+            )
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """What the model reads and predicts (built from a task's spec by the trainer)."""
+
+    head: str  # classification, regression, tokens or forecast
+    n_outputs: int  # classes, output vocabulary, or regression/forecast dimension
+    vocab_size: int | None = None  # token inputs: embedding rows
+    d_input: int | None = None  # feature inputs: channels of x
+    max_length: int = 1024  # longest sequence (kernel length of S4/DSS)
+    causal: bool = True  # the output at step t may only depend on steps <= t
+
+    def __post_init__(self) -> None:
+        check_choice("head", self.head, HEADS)
+        if (self.vocab_size is None) == (self.d_input is None):
+            raise ValueError("give exactly one of vocab_size (token inputs), d_input (features)")
+        if self.n_outputs < 1 or self.max_length < 1:
+            raise ValueError(
+                f"n_outputs and max_length must be >= 1, got {self.n_outputs}, {self.max_length}"
+            )
+
+
+def make_layer(cfg: ModelConfig, io: IOSpec) -> nn.Module:
+    """One sequence layer of the configured type."""
+    d, n = cfg.d_model, cfg.d_state
+    dt = {"dt_min": cfg.dt_min, "dt_max": cfg.dt_max}
+    bi = {"bidirectional": cfg.bidirectional}
+    if cfg.layer == "s4":
+        return S4(d, N=n, l_max=io.max_length, **dt, **bi)
+    if cfg.layer == "s4d":
+        return S4D(d, N=n, **dt, **bi)
+    if cfg.layer == "dss":
+        return DSS(d, N=n, l_max=io.max_length, **dt, **bi)
+    if cfg.layer == "s5":
+        return S5(d, N=n, **dt, **bi)
+    if cfg.layer == "lru":
+        return LRU(d, N=n, **bi)
+    if cfg.layer == "mamba":
+        return Mamba(d, d_state=n, expand=cfg.expand, **dt)
+    return Mamba2(
+        d, d_state=n, expand=cfg.expand, headdim=cfg.headdim, chunk_size=cfg.chunk_size, **dt
+    )
+
+
+def _norm(cfg: ModelConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.d_model) if cfg.norm == "layer" else RMSNorm(cfg.d_model)
+
+
+class Block(nn.Module):
+    """x + dropout(layer(norm(x))) (pre-norm residual)."""
+
+    def __init__(self, cfg: ModelConfig, io: IOSpec) -> None:
+        super().__init__()
+        self.norm = _norm(cfg)
+        self.layer = make_layer(cfg, io)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, state=None, lengths=None, return_state=False):
+        y, state = self.layer(self.norm(x), state, lengths=lengths, return_state=return_state)
+        return x + self.dropout(y), state
+
+    def step(self, x_t: Tensor, state):
+        y, state = self.layer.step(self.norm(x_t), state)
+        return x_t + self.dropout(y), state
+
+
+class SequenceModel(nn.Module):
+    """Encoder, residual blocks of one ssmkit layer type, final norm and a task head.
+
+    Args:
+        cfg: the architecture.
+        io: inputs and outputs (head type, vocabulary or feature size, causality).
+    """
+
+    def __init__(self, cfg: ModelConfig, io: IOSpec) -> None:
+        super().__init__()
+        if io.causal and cfg.bidirectional:
+            raise ValueError(
+                "bidirectional=True makes the model see the future; this task is causal"
+            )
+        self.cfg, self.io = cfg, io
+        if io.vocab_size is not None:
+            self.encoder: nn.Module = nn.Embedding(io.vocab_size, cfg.d_model)
+        else:
+            self.encoder = nn.Linear(io.d_input, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, io) for _ in range(cfg.n_layers))
+        self.norm_f = _norm(cfg)
+        self.head = nn.Linear(cfg.d_model, io.n_outputs)
+        if self.tied:
+            self.head.weight = self.encoder.weight
+
+    @property
+    def tied(self) -> bool:
+        """Token inputs and a per-step head over the same vocabulary share one matrix."""
+        return self.io.head == "tokens" and self.io.vocab_size == self.io.n_outputs
+
+    @property
+    def streams(self) -> bool:
+        """Whether ``step`` is available (causal per-step heads with causal layers)."""
+        return self.io.head in ("tokens", "forecast") and not self.cfg.bidirectional
+
+    def initial_state(self, batch: int) -> list:
+        """The state of every block before the first step."""
+        self._require_streaming("initial_state")
+        return [b.layer.initial_state(batch) for b in self.blocks]
+
+    def forward(
+        self,
+        x: Tensor,
+        lengths: Tensor | None = None,
+        state: list | None = None,
+        return_state: bool = False,
+    ) -> Tensor | tuple[Tensor, list | None]:
+        """Outputs of the head for ``x`` (b, l) token ids or (b, l, d_input) features.
+
+        Returns (b, n_outputs) for sequence-level heads, (b, l, n_outputs) for per-step
+        heads; with ``return_state`` also the state after each item's last valid step.
+        """
+        if state is not None or return_state:
+            self._require_streaming("forward with state")
+        h = self.encoder(self._check_input(x))
+        states = state if state is not None else [None] * len(self.blocks)
+        if len(states) != len(self.blocks):
+            raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
+        new = []
+        for block, s in zip(self.blocks, states, strict=True):
+            h, s = block(h, s, lengths=lengths, return_state=return_state)
+            new.append(s)
+        h = self.norm_f(h)
+        out = self._pool(h, lengths) if self.io.head in ("classification", "regression") else h
+        out = self.head(out)
+        return (out, new) if return_state else out
+
+    def step(self, x_t: Tensor, state: list) -> tuple[Tensor, list]:
+        """One step: token ids (b,) or features (b, d_input) -> outputs (b, n_outputs)."""
+        self._require_streaming("step")
+        h = self.encoder(x_t)
+        new = []
+        for block, s in zip(self.blocks, state, strict=True):
+            h, s = block.step(h, s)
+            new.append(s)
+        return self.head(self.norm_f(h)), new
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue ``input_ids`` (b, l) token by token through every layer's step mode."""
+        if not (self.tied or (self.io.head == "tokens" and self.io.vocab_size is not None)):
+            raise ValueError("generate needs token inputs and a per-step token head")
+        self._check_input(input_ids)
+        return decode(
+            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
+            generator,
+        )  # fmt: skip
+
+    def _pool(self, h: Tensor, lengths: Tensor | None) -> Tensor:
+        """(b, l, d) -> (b, d): mean or last over the valid steps."""
+        b, l, _ = h.shape
+        if lengths is None:
+            return h.mean(1) if self.cfg.pooling == "mean" else h[:, -1]
+        if self.cfg.pooling == "last":
+            return h[torch.arange(b, device=h.device), lengths.to(h.device) - 1]
+        mask = length_mask(lengths.to(h.device), l).to(h.dtype)  # (b, l)
+        return (h * mask.unsqueeze(-1)).sum(1) / lengths.to(h.device, h.dtype).unsqueeze(-1)
+
+    def _check_input(self, x: Tensor) -> Tensor:
+        check_tensor("x", x)
+        if self.io.vocab_size is not None:
+            if x.dtype not in (torch.int64, torch.int32):
+                raise TypeError(f"x must hold token ids (int64), got {x.dtype}")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.io.vocab_size):
+                raise ValueError(
+                    f"token ids must lie in [0, {self.io.vocab_size}), got "
+                    f"[{int(x.min())}, {int(x.max())}]"
+                )
+        elif x.ndim != 3 or x.shape[-1] != self.io.d_input:
+            raise ValueError(
+                f"x must have shape (batch, length, {self.io.d_input}), got {tuple(x.shape)}"
+            )
+        return x
+
+    def _require_streaming(self, what: str) -> None:
+        if not self.streams:
+            raise ValueError(
+                f"{what} needs a causal per-step model (tokens/forecast head, not "
+                f"bidirectional); this one has head={self.io.head!r}, "
+                f"bidirectional={self.cfg.bidirectional}"
+            )

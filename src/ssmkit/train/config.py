@@ -1,0 +1,168 @@
+"""Training configuration, the run configuration saved as ``config.json``, and CLI overrides.
+
+A run is fully described by a :class:`RunConfig`: the task name and its config dataclass
+(from :mod:`ssmkit.data`), a :class:`~ssmkit.models.sequence.ModelConfig` and a
+:class:`TrainConfig`. The CLI builds it from defaults plus ``--key value`` overrides, where
+``key`` is a field name (``--lr 1e-3``) or, when a name exists in several configs, a
+qualified one (``--train.seed 1``, ``--task.seed 2``, ``--model.d_model 128``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+
+from ssmkit import data
+from ssmkit.models.sequence import ModelConfig
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping of a training run."""
+
+    epochs: int = 20  # passes over the training split
+    batch_size: int = 64  # global batch (split across processes under torchrun)
+    lr: float = 3e-3  # AdamW learning rate of the non-SSM parameters
+    ssm_lr: float | None = None  # lr of A, dt (None: min(lr, 1e-3), the S4 papers' choice)
+    weight_decay: float = 0.01  # AdamW decay of weight matrices (not SSM params, norms, biases)
+    warmup_steps: int = 0  # linear warm-up steps before the schedule
+    schedule: str = "cosine"  # "cosine" decay to 0 over the run, or "constant"
+    grad_clip: float = 1.0  # max gradient norm (0: no clipping)
+    seed: int = 0  # model init, data order and dropout
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
+    checkpoint_every: int = 100  # steps between checkpoints (also at the end of each epoch)
+    log_every: int = 10  # steps between train-loss records in metrics.jsonl
+    eval_batch_size: int = 256  # batch size of evaluation
+    device: str = "cpu"  # cpu, cuda or cuda:K
+    threads: int = 0  # torch CPU threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "max_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or (self.ssm_lr is not None and not self.ssm_lr > 0):
+            raise ValueError(f"lr and ssm_lr must be > 0, got {self.lr}, {self.ssm_lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as the run directory's ``config.json``."""
+
+    task: str  # registry name of the task (``ssmkit list``)
+    task_config: object  # the task's config dataclass
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_json(self) -> dict:
+        return {
+            "task": self.task,
+            "task_config": dataclasses.asdict(self.task_config),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> RunConfig:
+        missing = {"task", "task_config", "model", "train"} - set(obj)
+        if missing:
+            raise ValueError(f"config.json lacks the entries {sorted(missing)}")
+        task_cfg = data.task_config(obj["task"])
+        return cls(
+            task=obj["task"],
+            task_config=_build(type(task_cfg), obj["task_config"], "task_config"),
+            model=_build(ModelConfig, obj["model"], "model"),
+            train=_build(TrainConfig, obj["train"], "train"),
+        )
+
+
+def _build(cls: type, values: dict, where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)}; valid: {sorted(names)}")
+    return cls(**values)
+
+
+def default_run(task: str = "digits", layer: str = "s4d") -> RunConfig:
+    """Defaults for a task and layer (``ssmkit train`` with no arguments: S4D on digits)."""
+    return RunConfig(task, data.task_config(task), ModelConfig(layer=layer), TrainConfig())
+
+
+def apply_overrides(run: RunConfig, pairs: list[tuple[str, str]]) -> RunConfig:
+    """Apply ``(key, value)`` string overrides; unknown or ambiguous keys raise ValueError."""
+    parts = {"task": run.task_config, "model": run.model, "train": run.train}
+    changes: dict[str, dict[str, object]] = {k: {} for k in parts}
+    for key, text in pairs:
+        where, field = _resolve(key, parts)
+        changes[where][field] = parse_value(_field_type(parts[where], field), text, key)
+    return RunConfig(
+        run.task,
+        dataclasses.replace(run.task_config, **changes["task"]),
+        dataclasses.replace(run.model, **changes["model"]),
+        dataclasses.replace(run.train, **changes["train"]),
+    )
+
+
+def _resolve(key: str, parts: dict[str, object]) -> tuple[str, str]:
+    if "." in key:
+        where, field = key.split(".", 1)
+        if where not in parts:
+            raise ValueError(f"unknown config section {where!r} in --{key}; use {sorted(parts)}")
+        if field not in _names(parts[where]):
+            valid = ", ".join(sorted(_names(parts[where])))
+            raise ValueError(f"unknown {where} option {field!r}; valid: {valid}")
+        return where, field
+    owners = [where for where, cfg in parts.items() if key in _names(cfg)]
+    if not owners:
+        valid = sorted({f"{w}.{n}" for w, c in parts.items() for n in _names(c)})
+        raise ValueError(f"unknown option --{key}; valid options: {', '.join(valid)}")
+    if len(owners) > 1:
+        choices = " or ".join(f"--{w}.{key}" for w in owners)
+        raise ValueError(f"--{key} is ambiguous; use {choices}")
+    return owners[0], key
+
+
+def _names(cfg: object) -> set[str]:
+    return {f.name for f in dataclasses.fields(cfg)}
+
+
+def _field_type(cfg: object, field: str) -> object:
+    return typing.get_type_hints(type(cfg))[field]
+
+
+def parse_value(tp: object, text: str, key: str) -> object:
+    """Convert the command-line string ``text`` to the field type ``tp``."""
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if type(None) in args and text.lower() in ("none", "null"):
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(option, text, key)
+            except ValueError:
+                continue
+        raise ValueError(f"--{key}: cannot read {text!r} as {tp}")
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{key} expects true/false, got {text!r}")
+    if tp in (int, float, str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ValueError(f"--{key} expects {tp.__name__}, got {text!r}") from None
+    raise ValueError(f"--{key}: fields of type {tp} cannot be set from the command line")

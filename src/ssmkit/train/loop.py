@@ -1,0 +1,324 @@
+"""The training loop: deterministic data order, checkpoints, resume, signals, metrics.
+
+Determinism: the model is initialised from ``seed``; epoch ``e`` visits the training items in
+the order ``randperm(N)`` drawn from a generator seeded with ``(seed, e)``; dropout at optimiser
+step ``s`` draws from a generator seeded with ``(seed, s, rank)``; the learning rate is a pure
+function of ``s``. A checkpoint therefore holds everything a bit-for-bit resume needs: weights,
+optimiser moments and the counters (epoch, batch within the epoch, step, running sums).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ssmkit import data
+from ssmkit.core.params import param_groups
+from ssmkit.models.sequence import IOSpec, SequenceModel
+from ssmkit.train import checkpoint as ckpt
+from ssmkit.train import distributed
+from ssmkit.train.config import RunConfig, TrainConfig
+from ssmkit.train.objectives import batch_sums, better, finalize, primary_metric
+from ssmkit.train.progress import Progress
+
+Tensor = torch.Tensor
+Callback = Callable[[int, dict], None]
+PER_STEP = ("tokens", "forecast")  # task kinds whose targets have a length axis
+
+
+class TrainingInterruptedError(RuntimeError):
+    """Training stopped by SIGINT/SIGTERM after writing a checkpoint."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum} at step {step}; checkpoint written")
+        self.step, self.signum = step, signum
+
+
+def io_spec(spec: data.TaskSpec) -> IOSpec:
+    """The model's inputs and outputs for a task."""
+    tokens = spec.input == "tokens"
+    return IOSpec(
+        head=spec.kind,
+        n_outputs=spec.n_outputs,
+        vocab_size=spec.vocab_size if tokens else None,
+        d_input=None if tokens else spec.d_input,
+        max_length=spec.max_length,
+        causal=spec.causal,
+    )
+
+
+def build_model(run: RunConfig, spec: data.TaskSpec) -> SequenceModel:
+    """The model of ``run``, initialised from its seed."""
+    torch.manual_seed(run.train.seed)
+    return SequenceModel(run.model, io_spec(spec))
+
+
+def get_batch(
+    split: data.Split, idx: Tensor, kind: str, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Items ``idx`` of a split as (x, y, lengths), cut to their longest valid length."""
+    lengths = split.lengths[idx]
+    l = int(lengths.max()) if len(idx) else split.x.shape[1]
+    x = split.x[idx, :l]
+    y = split.y[idx, :l] if kind in PER_STEP else split.y[idx]
+    return x.to(device), y.to(device), lengths.to(device)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 0 (or constant)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(total - cfg.warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, split: data.Split, kind: str, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Metrics of ``model`` on a whole split (in order, no dropout)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n = split.x.shape[0]
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        x, y, lengths = get_batch(split, idx, kind, device)
+        out = model(x, lengths=lengths)
+        for k, v in batch_sums(kind, out, y, lengths).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    model.train(was_training)
+    return finalize(kind, sums) if sums else {}
+
+
+def _seed(*parts: int) -> int:
+    """A deterministic seed from integers (epoch order, per-step dropout)."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + p) % (2**63 - 1)
+    return seed
+
+
+class _Signals:
+    """Turns SIGINT/SIGTERM into a flag checked after every step (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    ckpt.atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
+
+
+def train(
+    run: RunConfig,
+    run_dir: Path,
+    resume: bool = False,
+    progress: str = "auto",
+    callbacks: Sequence[Callback] = (),
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train (or resume) the run in ``run_dir``; returns the summary also saved as JSON.
+
+    Args:
+        run: the configuration (saved as ``config.json``; on resume it must equal the saved one).
+        run_dir: the run directory (created if missing).
+        resume: continue from the checkpoint in ``run_dir``.
+        progress: "auto", "bar", "lines" or "off".
+        callbacks: called as ``f(step, record)`` after every logged record (rank 0 only).
+        log: where one-line messages go.
+
+    Raises:
+        TrainingInterruptedError: after SIGINT/SIGTERM, once the checkpoint is written.
+    """
+    cfg = run.train
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r} but CUDA is not available here")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist = distributed.init(device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.rank % torch.cuda.device_count())
+    run_dir = Path(run_dir)
+    task = data.build_task(run.task, run.task_config)
+    kind = task.spec.kind
+    model = build_model(run, task.spec).to(device)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.ssm_lr)
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW(groups)
+    n_train = task.train.x.shape[0]
+    if n_train < cfg.batch_size or cfg.batch_size < dist.world:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must be <= the {n_train} training items and >= the "
+            f"{dist.world} processes"
+        )
+    per_epoch = n_train // cfg.batch_size
+    total = (
+        per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
+    )
+    metric = primary_metric(kind)
+
+    state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_epoch": -1, "elapsed": 0.0,
+             "run_loss": 0.0, "run_n": 0}  # fmt: skip
+    metrics_path = run_dir / "metrics.jsonl"
+    if resume:
+        saved = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
+        if saved.to_json() != run.to_json():
+            raise ValueError(f"the configuration differs from {run_dir / 'config.json'}")
+        state.update(ckpt.load_checkpoint(run_dir, model, optimizer))
+        if dist.main:
+            _truncate_metrics(metrics_path, state["step"])
+        log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch'] + 1})")
+    elif dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt.has_checkpoint(run_dir):
+            raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume)")
+        ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
+        metrics_path.write_text("")
+    distributed.barrier(dist)
+    net = DistributedDataParallel(model) if dist.world > 1 else model
+    bar = Progress(progress if dist.main else "off")
+
+    def record(rec: dict) -> None:
+        if not dist.main:
+            return
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        for cb in callbacks:
+            cb(rec["step"], rec)
+
+    def save() -> None:
+        if dist.main:
+            ckpt.save_checkpoint(run_dir, model, optimizer, dict(state))
+        distributed.barrier(dist)
+
+    t_start = time.perf_counter() - state["elapsed"]
+    net.train()
+    with _Signals() as signals:
+        while state["epoch"] < cfg.epochs and state["step"] < total:
+            epoch = state["epoch"]
+            order = torch.randperm(
+                n_train, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch))
+            )
+            bar.start_epoch(epoch + 1, cfg.epochs, per_epoch, state["batch"])
+            while state["batch"] < per_epoch and state["step"] < total:
+                b = state["batch"]
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][dist.rank :: dist.world]
+                x, y, lengths = get_batch(task.train, idx, kind, device)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * lr_factor(state["step"], total, cfg)
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(_seed(cfg.seed, state["step"], dist.rank))
+                    sums = batch_sums(kind, net(x, lengths=lengths), y, lengths)
+                count = distributed.all_sum(sums["count"].detach(), dist)
+                loss = sums["loss"] / count.clamp_min(1.0) * dist.world
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step_loss = float(
+                    distributed.all_sum(sums["loss"].detach(), dist) / count.clamp_min(1)
+                )
+                if not math.isfinite(step_loss):
+                    raise FloatingPointError(
+                        f"the training loss became {step_loss} at step {state['step']}; lower "
+                        "--lr or enable --grad_clip"
+                    )
+                state["step"] += 1
+                state["batch"] += 1
+                state["run_loss"] += step_loss
+                state["run_n"] += 1
+                bar.update(step_loss, x.shape[0] * dist.world)
+                if state["step"] % cfg.log_every == 0:
+                    record({"split": "train", "step": state["step"], "epoch": epoch,
+                            "loss": state["run_loss"] / state["run_n"],
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "time": time.perf_counter() - t_start})  # fmt: skip
+                    state["run_loss"], state["run_n"] = 0.0, 0
+                stop = distributed.all_sum(torch.tensor(float(signals.signum)), dist)
+                if stop > 0 or state["step"] % cfg.checkpoint_every == 0:
+                    state["elapsed"] = time.perf_counter() - t_start
+                    save()
+                if stop > 0:
+                    raise TrainingInterruptedError(state["step"], int(signals.signum) or int(stop))
+            if state["batch"] >= per_epoch:
+                state["epoch"] += 1
+                state["batch"] = 0
+            val = evaluate(model, task.val, kind, cfg.eval_batch_size, device)
+            record({"split": "val", "step": state["step"], "epoch": epoch, **val,
+                    "time": time.perf_counter() - t_start})  # fmt: skip
+            if val and better(metric, val[metric], state["best"]):
+                state["best"], state["best_epoch"] = val[metric], epoch
+                if dist.main:
+                    ckpt.save_weights(run_dir / "best.safetensors", model)
+            bar.end_epoch(
+                f"epoch {epoch + 1}/{cfg.epochs} step {state['step']} "
+                + " ".join(f"val_{k} {v:.4f}" for k, v in val.items())
+                + f" ({time.perf_counter() - t_start:.0f} s)"
+            )
+            state["elapsed"] = time.perf_counter() - t_start
+            save()
+    summary = _finish(run, run_dir, model, task, state, device, dist, record)
+    distributed.shutdown(dist)
+    return summary
+
+
+def _finish(run, run_dir, model, task, state, device, dist, record) -> dict:
+    """Test metrics of the last and the best weights, and ``summary.json``."""
+    cfg, kind = run.train, task.spec.kind
+    last = evaluate(model, task.test, kind, cfg.eval_batch_size, device)
+    best = last
+    best_path = run_dir / "best.safetensors"
+    if best_path.exists():
+        final = ckpt.model_tensors(model)
+        ckpt.load_weights(best_path, model)
+        best = evaluate(model, task.test, kind, cfg.eval_batch_size, device)
+        model.load_state_dict(final)
+    record({"split": "test", "step": state["step"], "epoch": state["epoch"], **best})
+    summary = {
+        "task": run.task,
+        "layer": run.model.layer,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": state["step"],
+        "epochs": state["epoch"],
+        "time_s": round(state["elapsed"], 2),
+        "best_epoch": state["best_epoch"] + 1,
+        "metric": primary_metric(kind),
+        "val_best": state["best"],
+        "test": best,
+        "test_last": last,
+    }
+    if dist.main:
+        ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    return summary

@@ -200,6 +200,8 @@ class Mamba(SequenceLayer):
 
     def soft_permutation(self, xs: Tensor, lengths: Tensor | None = None) -> Tensor:
         """SoftSort matrix (b, l, l) of the importance scores of xs (b, l, d_inner), tau = 1."""
+        if not self.reorder:
+            raise ValueError("soft_permutation needs a layer built with reorder=True")
         dt = F.linear(xs, self.x_proj_weight()[: self.dt_rank])  # (b, l, dt_rank)
         work = torch.promote_types(xs.dtype, torch.float32)
         dt_pre = self.dt_proj(dt).to(work)  # S_Delta x_l + b_Delta, (b, l, d_inner)

@@ -53,6 +53,8 @@ class ModelConfig:
     expand: int = 2  # Mamba/Mamba-2: E, inner channels = E * d_model
     headdim: int = 16  # Mamba-2: P, channels per head
     chunk_size: int = 64  # Mamba-2: SSD chunk length
+    bc_param: str = "none"  # Mamba: sign constraint of S_C^T S_B (token dynamics, Vo et al.)
+    reorder: bool = False  # Mamba: SoftSort token reordering (non-causal tasks only)
 
     def __post_init__(self) -> None:
         check_choice("layer", self.layer, LAYERS)
@@ -66,6 +68,10 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got {self.dt_min}, {self.dt_max}")
+        if (self.bc_param != "none" or self.reorder) and self.layer != "mamba":
+            raise ValueError(
+                f"bc_param and reorder are options of layer='mamba', not {self.layer!r}"
+            )
         if self.bidirectional and self.layer in ("mamba", "mamba2"):
             raise ValueError(f"bidirectional applies to LTI layers, not layer={self.layer!r}")
         if self.layer == "mamba2" and (self.expand * self.d_model) % self.headdim:
@@ -112,7 +118,10 @@ def make_layer(cfg: ModelConfig, io: IOSpec) -> nn.Module:
     if cfg.layer == "lru":
         return LRU(d, N=n, **bi)
     if cfg.layer == "mamba":
-        return Mamba(d, d_state=n, expand=cfg.expand, **dt)
+        return Mamba(
+            d, d_state=n, expand=cfg.expand, bc_param=cfg.bc_param, reorder=cfg.reorder,
+            causal=io.causal, **dt,
+        )  # fmt: skip
     return Mamba2(
         d, d_state=n, expand=cfg.expand, headdim=cfg.headdim, chunk_size=cfg.chunk_size, **dt
     )

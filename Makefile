@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ssmkit demo
+	$(VENV)/bin/ssmkit train
 
 test: $(STAMP) lint
 	$(PY) -m pytest -n 2 -q

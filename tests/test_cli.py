@@ -18,7 +18,7 @@ def test_list_shows_scan_backends(capsys):
 
 
 def test_help_everywhere():
-    for argv in (["--help"], ["demo", "--help"], ["bench", "--help"], ["list", "--help"]):
+    for argv in (["--help"], ["hippo", "--help"], ["bench", "--help"], ["list", "--help"]):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 0
@@ -28,11 +28,11 @@ def test_unknown_subcommand_lists_valid(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["trian"])
     assert exc.value.code == 2
-    assert "demo" in capsys.readouterr().err
+    assert "hippo" in capsys.readouterr().err
 
 
-def test_demo_writes_plot(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--length", "300", "--N", "4", "16"]) == 0
+def test_hippo_writes_plot(tmp_path, capsys):
+    assert main(["hippo", "--out", str(tmp_path), "--length", "300", "--N", "4", "16"]) == 0
     png = tmp_path / "hippo-legs.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
@@ -46,7 +46,7 @@ def test_bench_tiny_runs_as_a_subprocess_with_json(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(path.read_text())
     suites = {r["suite"] for r in rows}
-    assert suites == {"kernels", "scan", "selective", "ssd", "layers", "generate"}
+    assert suites == {"kernels", "scan", "selective", "ssd", "layers", "generate", "kalman"}
     layers = {r["case"].split()[0] for r in rows if r["suite"] == "layers"}
     assert layers == {"S4", "S4D", "DSS", "S5", "LRU"}
     for r in rows:

@@ -11,6 +11,7 @@ from typing import TextIO
 import torch
 
 from ssmkit.bench.generate import generate_cases
+from ssmkit.bench.kalman import kalman_cases
 from ssmkit.bench.layers import layer_cases
 from ssmkit.bench.selective import selective_cases, ssd_cases
 from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
@@ -25,6 +26,7 @@ SUITES = {
     "ssd": ssd_cases,
     "layers": layer_cases,
     "generate": generate_cases,
+    "kalman": kalman_cases,
 }
 
 

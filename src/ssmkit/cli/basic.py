@@ -1,4 +1,4 @@
-"""``ssmkit demo``, ``ssmkit bench`` and ``ssmkit list``."""
+"""``ssmkit hippo``, ``ssmkit bench`` and ``ssmkit list``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_hippo(args: argparse.Namespace) -> int:
     from ssmkit.analysis.hippo_plot import demo_signal, plot_reconstruction
 
     out = Path(args.out)
@@ -46,8 +46,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from ssmkit import data
+    from ssmkit.models.sequence import LAYERS
     from ssmkit.ops import registry
 
+    print("tasks (ssmkit train --task NAME):")
+    for name in data.task_names():
+        print(f"  {name:20} {data.TASKS[name].summary}")
+    print(f"models (ssmkit train --model NAME): {', '.join(LAYERS)}")
+    print("operators and backends:")
     for op in registry.ops():
         if op.startswith("_"):
             continue
@@ -60,18 +67,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``demo``, ``bench`` and ``list`` to the ``ssmkit`` command."""
+    """Add ``hippo``, ``bench`` and ``list`` to the ``ssmkit`` command."""
     from ssmkit.bench import SIZES, SUITES
 
-    demo = sub.add_parser(
-        "demo", help="HiPPO online compression and reconstruction of a signal, plotted to PNG"
+    hippo = sub.add_parser(
+        "hippo", help="HiPPO online compression and reconstruction of a signal, plotted to PNG"
     )
-    demo.add_argument("--measure", default="legs", choices=["legs", "legt", "lagt", "fout"])
-    demo.add_argument("--length", type=int, default=1000, help="signal length (default 1000)")
-    demo.add_argument("--N", type=int, nargs="+", default=[8, 16, 32, 64], help="state sizes")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="ssmkit-out", help="output directory (default ssmkit-out)")
-    demo.set_defaults(fn=_cmd_demo)
+    hippo.add_argument("--measure", default="legs", choices=["legs", "legt", "lagt", "fout"])
+    hippo.add_argument("--length", type=int, default=1000, help="signal length (default 1000)")
+    hippo.add_argument("--N", type=int, nargs="+", default=[8, 16, 32, 64], help="state sizes")
+    hippo.add_argument("--seed", type=int, default=0)
+    hippo.add_argument("--out", default="ssmkit-out", help="output directory (default ssmkit-out)")
+    hippo.set_defaults(fn=_cmd_hippo)
 
     bench = sub.add_parser("bench", help="time and peak memory of fast paths vs references")
     bench.add_argument("--suite", nargs="+", default=list(SUITES), choices=list(SUITES))

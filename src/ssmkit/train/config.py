@@ -94,9 +94,18 @@ def _build(cls: type, values: dict, where: str):
     return cls(**values)
 
 
+# Training settings measured to work for a task (``default_run`` starts from them).
+RECOMMENDED: dict[str, dict[str, object]] = {
+    "digits": {"epochs": 30, "lr": 1e-2},  # S4D: 97.8% test in about 70 s of one CPU core
+    "digits-permuted": {"epochs": 30, "lr": 1e-2},
+    "mnist1d": {"epochs": 30, "lr": 1e-2},
+}
+
+
 def default_run(task: str = "digits", layer: str = "s4d") -> RunConfig:
     """Defaults for a task and layer (``ssmkit train`` with no arguments: S4D on digits)."""
-    return RunConfig(task, data.task_config(task), ModelConfig(layer=layer), TrainConfig())
+    train = TrainConfig(**RECOMMENDED.get(task, {}))
+    return RunConfig(task, data.task_config(task), ModelConfig(layer=layer), train)
 
 
 def apply_overrides(run: RunConfig, pairs: list[tuple[str, str]]) -> RunConfig:

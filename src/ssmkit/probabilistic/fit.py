@@ -1,0 +1,170 @@
+"""Maximum likelihood through autograd, standard errors from the Hessian, AIC and BIC.
+
+A :class:`ParametricModel` maps an unconstrained vector theta to a model (positive variances
+by exp, PSD covariances by Cholesky factors, stationary AR by the partial-autocorrelation
+transform; see :mod:`.spec`) and to the reported ("natural") parameters. The optimiser
+works on theta; standard errors of the natural parameters come from the inverse Hessian of
+the negative log-likelihood in theta, mapped by the delta method (J Sigma J^T).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ssmkit.core.checks import check_choice, check_int, check_tensor
+from ssmkit.probabilistic.filters import log_likelihood
+from ssmkit.probabilistic.model import LinearGaussianSSM
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ParametricModel:
+    """A family of models indexed by an unconstrained parameter vector."""
+
+    build: Callable[[Tensor], LinearGaussianSSM]  # theta (k,) -> model
+    natural: Callable[[Tensor], Tensor]  # theta (k,) -> reported parameters (k,)
+    names: tuple[str, ...]  # names of the reported parameters
+    theta0: Tensor  # (k,) starting point of the optimiser
+
+
+@dataclass(frozen=True)
+class MLEResult:
+    """Output of :func:`fit_mle`."""
+
+    params: Tensor  # (k,) natural parameters at the optimum
+    names: tuple[str, ...]  # their names
+    theta: Tensor  # (k,) unconstrained optimum
+    se: Tensor  # (k,) standard errors of params (NaN where the Hessian is not definite)
+    loglik: float  # maximised log-likelihood (summed over series)
+    aic: float  # -2 loglik + 2 k' (k' = k + number of exactly diffuse states)
+    bic: float  # -2 loglik + k' log(n_eff) (n_eff = observed steps after burn)
+    iterations: int  # optimiser iterations run
+    model: LinearGaussianSSM  # the fitted model
+
+
+def _objective(
+    spec: ParametricModel, y: Tensor, u, method: str, diffuse: str, kappa: float, burn: int
+) -> Callable[[Tensor], Tensor]:
+    def nll(theta: Tensor) -> Tensor:
+        model = spec.build(theta)
+        return -log_likelihood(model, y, u, method, diffuse, kappa, burn, validate=False).sum()
+
+    return nll
+
+
+def fit_mle(
+    spec: ParametricModel,
+    y: Tensor,
+    u: Tensor | None = None,
+    method: str = "sequential",
+    diffuse: str = "exact",
+    kappa: float = 1e6,
+    burn: int = 0,
+    optimizer: str = "lbfgs",
+    max_iter: int = 200,
+    lr: float = 0.05,
+) -> MLEResult:
+    """Maximise the log-likelihood over theta.
+
+    Args:
+        spec: the model family and starting point.
+        y: (b, l, o) observations (all series share the parameters); NaN = missing.
+        u, method, diffuse, kappa, burn: as in :func:`log_likelihood`.
+        optimizer: "lbfgs" (strong Wolfe line search) or "adam".
+        max_iter: L-BFGS iterations or Adam steps.
+        lr: Adam learning rate (L-BFGS uses step 1 with line search).
+
+    Returns:
+        An :class:`MLEResult`.
+    """
+    check_choice("optimizer", optimizer, ("lbfgs", "adam"))
+    check_int("max_iter", max_iter, 1)
+    check_tensor("spec.theta0", spec.theta0)
+    nll = _objective(spec, y, u, method, diffuse, kappa, burn)
+    theta = spec.theta0.detach().to(y.dtype).clone().requires_grad_(True)
+    iterations = 0
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(
+            [theta],
+            lr=1,
+            max_iter=max_iter,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            loss = nll(theta)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        iterations = int(opt.state[theta].get("n_iter", 0))
+    else:
+        opt = torch.optim.Adam([theta], lr=lr)
+        for iterations in range(1, max_iter + 1):  # noqa: B007
+            opt.zero_grad()
+            loss = nll(theta)
+            loss.backward()
+            opt.step()
+    theta = theta.detach()
+    loglik = -float(nll(theta))
+    se = standard_errors(spec, theta, nll)
+    model = spec.build(theta)
+    k = theta.numel()
+    if diffuse == "exact" and model.P0_diffuse is not None:
+        k += int(torch.linalg.matrix_rank(model.P0_diffuse))
+    n_eff = int((~torch.isnan(y)).any(-1).sum()) - burn * y.shape[0]
+    aic, bic = information_criteria(loglik, k, n_eff)
+    return MLEResult(
+        spec.natural(theta).detach(), spec.names, theta, se, loglik, aic, bic, iterations, model
+    )
+
+
+def standard_errors(
+    spec: ParametricModel, theta: Tensor, nll: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """Delta-method standard errors of ``spec.natural`` from the Hessian of ``nll`` at theta.
+
+    The Hessian is the central difference of the exact autograd gradient (2 k gradient
+    evaluations, relative step 1e-5; several times cheaper than double backward through the
+    filter loop and accurate to about 1e-9 relative), symmetrised.
+    """
+    Hs = hessian_of(nll, theta)
+    J = torch.autograd.functional.jacobian(spec.natural, theta)  # (k, k)
+    L, info = torch.linalg.cholesky_ex(Hs)
+    if int(info) != 0:
+        return torch.full_like(theta, float("nan"))
+    cov = J @ torch.cholesky_inverse(L) @ J.mT
+    return torch.diagonal(cov).clamp_min(0).sqrt()
+
+
+def hessian_of(fn: Callable[[Tensor], Tensor], theta: Tensor, rel_step: float = 1e-5) -> Tensor:
+    """(k, k) Hessian of a scalar function: central differences of its autograd gradient."""
+
+    def grad(x: Tensor) -> Tensor:
+        x = x.detach().requires_grad_(True)
+        return torch.autograd.grad(fn(x), x)[0]
+
+    cols = []
+    for i in range(theta.numel()):
+        h = rel_step * max(1.0, abs(float(theta[i])))
+        e = torch.zeros_like(theta)
+        e[i] = h
+        cols.append((grad(theta + e) - grad(theta - e)) / (2 * h))
+    Hs = torch.stack(cols, 1)
+    return 0.5 * (Hs + Hs.mT)
+
+
+def information_criteria(loglik: float, k: int, n: int) -> tuple[float, float]:
+    """(AIC, BIC) = (-2 ll + 2 k, -2 ll + k log n)."""
+    if n < 1:
+        raise ValueError(f"the number of observations must be >= 1, got {n}")
+    return -2 * loglik + 2 * k, -2 * loglik + k * math.log(n)

@@ -1,0 +1,131 @@
+"""``ssmkit fit`` / ``ssmkit forecast`` and the CSV reader."""
+
+import argparse
+import csv
+
+import pytest
+import torch
+
+from ssmkit.cli import kalman
+from ssmkit.probabilistic.io import load_nile, read_csv
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="ssmkit")
+    kalman.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+def _csv(path, rows):
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    return path
+
+
+def _series(tmp_path, n=30):
+    g = torch.Generator().manual_seed(0)
+    level = torch.cumsum(torch.randn(n, generator=g, dtype=torch.float64), 0)
+    y = level + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    rows = [["date", "sales", "price"]]
+    for t in range(n):
+        rows.append([f"2020-{t:02d}", "" if t == 7 else f"{float(y[t]):.6f}", f"{t * 1.5}"])
+    return _csv(tmp_path / "data.csv", rows)
+
+
+@pytest.mark.slow
+def test_fit_bundled_nile(tmp_path, capsys):
+    assert run(["fit", "--example", "nile", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("sigma2.irregular", "sigma2.level", "log-likelihood -633.46", "AIC", "BIC"):
+        assert text in out
+    est = {
+        line.split()[0]: float(line.split()[1])
+        for line in out.splitlines()
+        if line.startswith("sigma2")
+    }
+    assert est["sigma2.irregular"] == pytest.approx(15099, rel=0.01)  # Durbin & Koopman
+    assert est["sigma2.level"] == pytest.approx(1469.1, rel=0.01)
+    rows = list(csv.reader((tmp_path / "smoothed_states.csv").open()))
+    assert rows[0] == ["year", "y", "state0", "state0_sd"] and rows[1][0] == "1871"
+    assert len(rows) == 101
+    assert (tmp_path / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_and_forecast_tmp_csv(tmp_path, capsys):
+    path = _series(tmp_path)
+    assert (
+        run(
+            [
+                "fit",
+                str(path),
+                "--column",
+                "sales",
+                "--out",
+                str(tmp_path / "o"),
+                "--diffuse",
+                "approximate",
+                "--horizon",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "series 'sales', 30 observations" in out
+    rows = list(csv.reader((tmp_path / "o" / "smoothed_states.csv").open()))
+    assert rows[0][0] == "date" and len(rows) == 31 and rows[8][1] == "nan"
+    assert (
+        run(
+            [
+                "forecast",
+                str(path),
+                "--column",
+                "sales",
+                "--horizon",
+                "4",
+                "--level",
+                "0.8",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "80% lower" in out
+    fc = list(csv.reader((tmp_path / "f" / "forecast.csv").open()))
+    assert fc[0] == ["step", "mean", "lower", "upper"] and len(fc) == 5
+    lo, mid, hi = (float(fc[1][i]) for i in (2, 1, 3))
+    assert lo < mid < hi
+
+
+def test_cli_errors(tmp_path, capsys):
+    path = _csv(tmp_path / "bad.csv", [["t", "y"], ["1", "3.5"], ["2", "oops"], ["3", "1"]])
+    assert run(["fit", str(path), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column 'y': 'oops' is not a number" in err
+    two = _series(tmp_path)
+    assert run(["fit", str(two)]) == 2
+    assert "choose one of the columns" in capsys.readouterr().err
+    assert run(["forecast"]) == 2
+    assert "either a CSV file or --example" in capsys.readouterr().err
+    assert run(["fit", str(tmp_path / "missing.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_read_csv(tmp_path):
+    path = _csv(tmp_path / "a.csv", [["year", "a", "b"], ["1", "1.5", "NA"], ["2", "", "4"]])
+    s = read_csv(path)
+    assert s.columns == ("a", "b") and s.index == ("1", "2") and s.index_name == "year"
+    assert torch.isnan(s.y[0, 1]) and torch.isnan(s.y[1, 0]) and float(s.y[1, 1]) == 4
+    assert read_csv(path, ["b"]).y.shape == (2, 1)
+    with pytest.raises(ValueError, match="no column 'c'"):
+        read_csv(path, ["c"])
+    ragged = _csv(tmp_path / "r.csv", [["a", "b"], ["1"]])
+    with pytest.raises(ValueError, match="1 cells, header has 2"):
+        read_csv(ragged)
+    with pytest.raises(ValueError, match="infinite"):
+        read_csv(_csv(tmp_path / "i.csv", [["a"], ["inf"]]))
+    nile = load_nile()
+    assert nile.y.shape == (100, 1) and nile.index[0] == "1871" and float(nile.y[0, 0]) == 1120

@@ -27,13 +27,14 @@ def test_every_layer_trains_on_every_kind_of_task(layer, kind, tmp_path):
     assert all(v == v for v in summary["test"].values())  # no NaN
 
 
-def test_forecast_task_from_a_csv(tmp_path):
+@pytest.mark.parametrize("layer", LAYERS)
+def test_forecast_task_from_a_csv(layer, tmp_path):
     t = torch.arange(200, dtype=torch.float64)
     rows = ["a,b"] + [f"{float(torch.sin(v / 5)):.5f},{float(torch.cos(v / 7)):.5f}" for v in t]
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     run = apply_overrides(
-        default_run("csv-forecast", "s4d"),
-        [("path", str(tmp_path / "s.csv")), ("window", "16"), ("d_model", "8"), ("n_layers", "1"),
+        default_run("csv-forecast", layer),
+        [("path", str(tmp_path / "s.csv")), ("window", "16"), ("d_model", "8"), ("n_layers", "1"), ("headdim", "4"),
          ("batch_size", "8"), ("epochs", "1"), ("max_steps", "3")],
     )  # fmt: skip
     summary = train(run, tmp_path / "run", progress="off", log=lambda s: None)

@@ -41,6 +41,15 @@ class _Sizes:
         require_min(self, 0, "n_val", "n_test")
 
 
+def token_spec(name: str, vocab: int, length: int, itos: tuple, description: str) -> TaskSpec:
+    """The spec of a causal token task whose targets share the input vocabulary."""
+    return TaskSpec(
+        name=name, kind="tokens", input="tokens", vocab_size=vocab, d_input=None,
+        n_outputs=vocab, max_length=length, causal=True, pad_id=None, itos=itos,
+        description=description,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------
 # Selective copying (Mamba, arXiv 2312.00752, section 4.1.1)
 
@@ -80,16 +89,10 @@ def build_selective_copying(c: SelectiveCopyingConfig) -> TaskData:
     y = torch.full((b, L), IGNORE, dtype=torch.int64)
     y[:, c.length :] = data
     vocab = c.n_symbols + 2
-    spec = TaskSpec(
-        name="selective-copying",
-        kind="tokens",
-        input="tokens",
-        vocab_size=vocab,
-        d_input=None,
-        n_outputs=vocab,
-        max_length=L,
-        causal=True,
-        pad_id=None,
+    spec = token_spec(
+        "selective-copying",
+        vocab,
+        L,
         itos=("<blank>", "<copy>", *(f"d{i}" for i in range(c.n_symbols))),
         description=f"copy the {c.n_data} data tokens scattered in {c.length} positions, in order",
     )
@@ -134,16 +137,10 @@ def build_induction_heads(c: InductionHeadsConfig) -> TaskData:
     y = torch.full((b, L), IGNORE, dtype=torch.int64)
     y[:, -1] = answer
     vocab = c.n_symbols + 1
-    spec = TaskSpec(
-        name="induction-heads",
-        kind="tokens",
-        input="tokens",
-        vocab_size=vocab,
-        d_input=None,
-        n_outputs=vocab,
-        max_length=L,
-        causal=True,
-        pad_id=None,
+    spec = token_spec(
+        "induction-heads",
+        vocab,
+        L,
         itos=(*(f"t{i}" for i in range(c.n_symbols)), "<trigger>"),
         description="after the second trigger, output the token that followed the first",
     )
@@ -253,16 +250,10 @@ def build_copying(c: CopyingConfig) -> TaskData:
     y = torch.full((b, L), 0 if c.score_blanks else IGNORE, dtype=torch.int64)
     y[:, L - k :] = symbols
     vocab = c.n_symbols + 2
-    spec = TaskSpec(
-        name="copying",
-        kind="tokens",
-        input="tokens",
-        vocab_size=vocab,
-        d_input=None,
-        n_outputs=vocab,
-        max_length=L,
-        causal=True,
-        pad_id=None,
+    spec = token_spec(
+        "copying",
+        vocab,
+        L,
         itos=("<blank>", *(f"s{i}" for i in range(c.n_symbols)), "<delim>"),
         description=f"reproduce {k} symbols after a delay of {c.delay} steps",
     )

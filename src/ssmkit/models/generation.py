@@ -92,3 +92,35 @@ def sample(
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class GenerationMixin:
+    """``generate()`` for a module that has ``forward(ids, return_state=True)`` and ``step``.
+
+    The class checks the prompt in ``check_prompt(ids)`` (token range, head type).
+    """
+
+    def check_prompt(self, input_ids: Tensor) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue ``input_ids`` (b, l): the prompt is read in one forward (chunked prefill),
+        then tokens are decoded one step at a time through every layer's step mode, with a
+        state of constant size. Sequences that produced ``eos_token_id`` are padded with it.
+        Returns (b, l + generated)."""
+        self.check_prompt(input_ids)
+        return decode(
+            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
+            generator,
+        )  # fmt: skip

@@ -17,7 +17,7 @@ from ssmkit.core.checks import check_tensor
 from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.models.generation import decode
+from ssmkit.models.generation import GenerationMixin
 
 Tensor = torch.Tensor
 
@@ -89,7 +89,7 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
 
 
-class MambaLM(nn.Module):
+class MambaLM(GenerationMixin, nn.Module):
     """Mamba language model with streaming ``forward``/``step`` and ``generate``."""
 
     def __init__(self, cfg: MambaConfig, backend: str = "auto") -> None:
@@ -134,26 +134,8 @@ class MambaLM(nn.Module):
             new.append(s)
         return self.lm_head(self.backbone.norm_f(h)).float(), new
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` (b, l): the prompt is read in one forward (chunked prefill),
-        then tokens are decoded one step at a time. Sequences that produced ``eos_token_id``
-        are padded with it. Returns (b, l + generated)."""
+    def check_prompt(self, input_ids: Tensor) -> None:
         self._check_ids(input_ids, 2)
-        return decode(
-            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
-            generator,
-        )  # fmt: skip
 
     def _check_ids(self, ids: Tensor, ndim: int) -> None:
         check_tensor("input_ids", ids)

@@ -26,7 +26,7 @@ from ssmkit.layers.base import length_mask
 from ssmkit.layers.mamba import Mamba
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.models.generation import decode
+from ssmkit.models.generation import GenerationMixin
 
 Tensor = torch.Tensor
 
@@ -149,7 +149,7 @@ class Block(nn.Module):
         return x_t + self.dropout(y), state
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(GenerationMixin, nn.Module):
     """Encoder, residual blocks of one ssmkit layer type, final norm and a task head.
 
     Args:
@@ -226,26 +226,11 @@ class SequenceModel(nn.Module):
             new.append(s)
         return self.head(self.norm_f(h)), new
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        eos_token_id: int | None = None,
-        greedy: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` (b, l) token by token through every layer's step mode."""
-        if not (self.tied or (self.io.head == "tokens" and self.io.vocab_size is not None)):
+    def check_prompt(self, input_ids: Tensor) -> None:
+        """Prompts of :meth:`generate`: token ids for a per-step token head."""
+        if not (self.io.head == "tokens" and self.io.vocab_size is not None):
             raise ValueError("generate needs token inputs and a per-step token head")
         self._check_input(input_ids)
-        return decode(
-            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
-            generator,
-        )  # fmt: skip
 
     def _pool(self, h: Tensor, lengths: Tensor | None) -> Tensor:
         """(b, l, d) -> (b, d): mean or last over the valid steps."""

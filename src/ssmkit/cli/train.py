@@ -136,6 +136,23 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options_epilog() -> str:
+    """The overridable fields with their defaults, for ``ssmkit train --help``."""
+    import dataclasses
+
+    from ssmkit import data
+    from ssmkit.models.sequence import ModelConfig
+    from ssmkit.train.config import TrainConfig
+
+    def fields(cfg: object) -> str:
+        return ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
+
+    lines = [f"model options: {fields(ModelConfig())}", f"train options: {fields(TrainConfig())}"]
+    for name in data.task_names():
+        lines.append(f"task {name}: {fields(data.task_config(name))}")
+    return "\n".join(lines)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``train``, ``eval``, ``generate`` and ``plot`` to the ``ssmkit`` command."""
     tr = sub.add_parser(
@@ -144,6 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a sequence model. Any field of the task, model or train config "
         "can be set as --FIELD VALUE (or --task.FIELD / --model.FIELD / --train.FIELD when "
         "the name is ambiguous); `ssmkit list` shows tasks and models.",
+        epilog=_options_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("--task", help="task name (default digits)")
     tr.add_argument("--model", choices=LAYERS, help="layer type of the blocks (default s4d)")

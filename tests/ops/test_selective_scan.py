@@ -206,3 +206,60 @@ def test_packed_sequences_reset_the_state(backend):
     assert_close(h, h_ref)
     for a, b in zip(grads(packed, xs), grads(one_by_one, xs), strict=True):
         assert_close(a, b)
+
+
+@pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
+def test_numba_tiles_cover_each_group_once():
+    for d, g in [(6, 1), (6, 3), (134, 2), (2 * cpu_numba.W, 1), (300, 4)]:
+        tiles = cpu_numba._tiles(d, g)
+        per = d // g
+        covered = torch.zeros(d, dtype=torch.long)
+        for start, width, group in tiles.tolist():
+            assert 1 <= width <= cpu_numba.W
+            assert group * per <= start and start + width <= (group + 1) * per
+            covered[start : start + width] += 1
+        assert bool((covered == 1).all())
+
+
+@pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
+def test_numba_many_tiles_groups_and_chunks_match_ref():
+    """Several channel tiles per group, narrow last tiles, several blocks and state chunks."""
+    d = 2 * cpu_numba.W + 6  # per group W + 3: one full and one 3-wide tile each
+    compare("numba", problem(b=2, l=cpu_numba.CHUNK + 9, d=d, n=3, g=2, seed=8))
+
+
+@pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
+def test_numba_many_tiles_float32_and_deterministic():
+    inputs64 = problem(b=2, l=150, d=cpu_numba.W + 40, n=8, seed=9)
+    inputs = [x.float().requires_grad_(True) for x in inputs64]
+    y, h = run("numba", inputs)
+    y64, h64 = run("ref", inputs64)
+    assert_close(y, y64.float())
+    assert_close(h, h64.float())
+    first = grads(lambda *xs: run("numba", xs), inputs)
+    again = grads(lambda *xs: run("numba", xs), inputs)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
+def test_numba_fast_float32_exp2():
+    """The kernels' float32 2^y: relative error about 1e-7 over float32's normal range,
+    2^0 = 1 exactly, 2^-126 below the normal range; float64 goes through libm."""
+    import numba
+    import numpy as np
+
+    @numba.njit
+    def exp2_all(y):
+        out = np.empty_like(y)
+        for i in range(y.size):
+            out[i] = cpu_numba._exp2(y[i])
+        return out
+
+    y = np.linspace(-126.0, 127.0, 300_001).astype(np.float32)
+    rel = np.abs(exp2_all(y).astype(np.float64) / np.exp2(y.astype(np.float64)) - 1)
+    assert rel.max() < 3e-7
+    edge = exp2_all(np.array([0.0, -200.0], dtype=np.float32))
+    assert edge[0] == 1.0 and edge[1] == np.float32(2.0**-126)
+    rel64 = np.abs(exp2_all(np.array([-1.5, 0.3, -40.0])) / np.exp2([-1.5, 0.3, -40.0]) - 1)
+    assert rel64.max() < 1e-14

@@ -34,8 +34,8 @@ def test_forecast_task_from_a_csv(layer, tmp_path):
     (tmp_path / "s.csv").write_text("\n".join(rows) + "\n")
     run = apply_overrides(
         default_run("csv-forecast", layer),
-        [("path", str(tmp_path / "s.csv")), ("window", "16"), ("d_model", "8"), ("n_layers", "1"), ("headdim", "4"),
-         ("batch_size", "8"), ("epochs", "1"), ("max_steps", "3")],
+        [("path", str(tmp_path / "s.csv")), ("window", "16"), ("d_model", "8"), ("n_layers", "1"),
+         ("headdim", "4"), ("batch_size", "8"), ("epochs", "1"), ("max_steps", "3")],
     )  # fmt: skip
     summary = train(run, tmp_path / "run", progress="off", log=lambda s: None)
     assert set(summary["test"]) == {"loss", "mae"}

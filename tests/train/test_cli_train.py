@@ -75,6 +75,7 @@ def test_dynamics_and_ablation_commands(tmp_path, capsys):
             "positive", "--out", str(out), *SMALL, "--max_steps", "2"]  # fmt: skip
     assert main(argv) == 0
     table = (out / "ablation.md").read_text()
+    assert (out / "ablation.png").read_bytes()[:4] == b"\x89PNG"
     assert "baseline" in table and "positive" in table
     rows = json.loads((out / "ablation.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in rows) == [

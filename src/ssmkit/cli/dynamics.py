@@ -46,8 +46,10 @@ def _cmd_ablate(args: argparse.Namespace, extra: list[str]) -> int:
     out = Path(args.out or f"runs/ablate-{base.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"ablation on {base.task}: variants {variants}, seeds {args.seeds}, runs in {out}")
     runs = run_ablation(base, variants, args.seeds, out)
-    table = ablation_table(summarize_ablation(runs))
+    summaries = summarize_ablation(runs)
+    table = ablation_table(summaries)
     print(table)
+    _plot_curves(summaries, out / "ablation.png")
     (out / "ablation.md").write_text(table + "\n")
     rows = [{"variant": r.variant, "seed": r.seed, "test_loss": r.final_loss,
              "test_accuracy": r.final_accuracy, "val_loss_curve": list(r.loss_curve)}
@@ -55,6 +57,32 @@ def _cmd_ablate(args: argparse.Namespace, extra: list[str]) -> int:
     (out / "ablation.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"results: {out / 'ablation.md'}, {out / 'ablation.json'}")
     return 0
+
+
+def _plot_curves(summaries, path: Path) -> None:
+    """Mean +- std of the validation-loss curves per variant (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install 'ssmkit[plot]')")
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for s in summaries:
+        epochs = range(1, len(s.curve_mean) + 1)
+        mean, std = s.curve_mean.numpy(), s.curve_std.nan_to_num(0.0).numpy()
+        ax.plot(epochs, mean, label=s.variant)
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

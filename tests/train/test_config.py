@@ -55,3 +55,9 @@ def test_config_file_with_unknown_fields_is_rejected():
         RunConfig.from_json(obj)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="linear")
+
+
+def test_recommended_settings_per_task_and_layer():
+    assert default_run("digits", "s4d").train.lr == 1e-2
+    assert default_run("digits", "lru").train.lr == 1e-3
+    assert default_run("adding", "lru").train.lr == TrainConfig().lr

@@ -159,7 +159,7 @@ def test_override_config_parses_cli_strings():
         override_config(task_config("copying"), {"dely": "3"})
     with pytest.raises(ValueError, match=r"CopyingConfig.delay must be int, got 'ten'"):
         override_config(task_config("copying"), {"delay": "ten"})
-    with pytest.raises(ValueError, match=r"score_blanks must be bool, got 'maybe'"):
+    with pytest.raises(ValueError, match=r"score_blanks must be bool \(true/false\), got 'maybe'"):
         override_config(task_config("copying"), {"score_blanks": "maybe"})
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ssmkit.core.checks import check_choice
+from ssmkit.core.config import base_type, field_types, parse_field
 
 Tensor = torch.Tensor
 
@@ -170,27 +170,12 @@ def build_task(name: str, config: typing.Any = None) -> TaskData:
 # Config fields: plain int / float / str / bool / optional path, checked on construction.
 
 
-def _field_types(cls: type) -> dict[str, typing.Any]:
-    return typing.get_type_hints(cls)
-
-
-def _base_type(tp: typing.Any) -> tuple[type, bool]:
-    """(scalar type, optional) of a field annotation such as ``int`` or ``str | None``."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) != 1:
-            raise TypeError(f"unsupported config field type {tp}")
-        return inner[0], True
-    return tp, False
-
-
 def check_config_types(config: typing.Any) -> None:
     """Raise ``TypeError`` naming the field when a config value has the wrong type."""
     name = type(config).__name__
-    for f, tp in _field_types(type(config)).items():
+    for f, tp in field_types(type(config)).items():
         value = getattr(config, f)
-        base, optional = _base_type(tp)
+        base, optional = base_type(tp)
         if value is None and optional:
             continue
         ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
@@ -241,20 +226,6 @@ def require_fraction(config: typing.Any, *field_names: str) -> None:
         )
 
 
-def _parse(text: str, base: type, where: str) -> typing.Any:
-    try:
-        if base is bool:
-            low = text.strip().lower()
-            if low not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return low in ("true", "1", "yes")
-        if base is Path:
-            return Path(text)
-        return base(text)
-    except ValueError:
-        raise ValueError(f"{where} must be {base.__name__}, got {text!r}") from None
-
-
 def override_config(config: typing.Any, values: Mapping[str, typing.Any]) -> typing.Any:
     """A copy of ``config`` with fields replaced; string values are parsed by field type.
 
@@ -263,19 +234,15 @@ def override_config(config: typing.Any, values: Mapping[str, typing.Any]) -> typ
     Raises:
         ValueError: unknown field (the message lists the valid ones) or unparsable value.
     """
-    hints = _field_types(type(config))
+    hints = field_types(type(config))
     changes = {}
     for key, value in values.items():
         if key not in hints:
             raise ValueError(
                 f"unknown field {key!r} of {type(config).__name__}; expected one of {list(hints)}"
             )
-        base, optional = _base_type(hints[key])
         if isinstance(value, str):
-            if optional and value.strip().lower() in ("none", "null", ""):
-                value = None
-            elif base is not str:
-                value = _parse(value, base, f"{type(config).__name__}.{key}")
+            value = parse_field(type(config), key, value, f"{type(config).__name__}.{key}")
         changes[key] = value
     return dataclasses.replace(config, **changes)
 

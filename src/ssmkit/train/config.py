@@ -10,11 +10,10 @@ qualified one (``--train.seed 1``, ``--task.seed 2``, ``--model.d_model 128``).
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
 
 from ssmkit import data
+from ssmkit.core.config import parse_field
 from ssmkit.models.sequence import ModelConfig
 
 SCHEDULES = ("cosine", "constant")
@@ -122,7 +121,7 @@ def apply_overrides(run: RunConfig, pairs: list[tuple[str, str]]) -> RunConfig:
     changes: dict[str, dict[str, object]] = {k: {} for k in parts}
     for key, text in pairs:
         where, field = _resolve(key, parts)
-        changes[where][field] = parse_value(_field_type(parts[where], field), text, key)
+        changes[where][field] = parse_field(type(parts[where]), field, text, f"--{key}")
     return RunConfig(
         run.task,
         dataclasses.replace(run.task_config, **changes["task"]),
@@ -152,34 +151,3 @@ def _resolve(key: str, parts: dict[str, object]) -> tuple[str, str]:
 
 def _names(cfg: object) -> set[str]:
     return {f.name for f in dataclasses.fields(cfg)}
-
-
-def _field_type(cfg: object, field: str) -> object:
-    return typing.get_type_hints(type(cfg))[field]
-
-
-def parse_value(tp: object, text: str, key: str) -> object:
-    """Convert the command-line string ``text`` to the field type ``tp``."""
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        if type(None) in args and text.lower() in ("none", "null"):
-            return None
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return parse_value(option, text, key)
-            except ValueError:
-                continue
-        raise ValueError(f"--{key}: cannot read {text!r} as {tp}")
-    if tp is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{key} expects true/false, got {text!r}")
-    if tp in (int, float, str):
-        try:
-            return tp(text)
-        except ValueError:
-            raise ValueError(f"--{key} expects {tp.__name__}, got {text!r}") from None
-    raise ValueError(f"--{key}: fields of type {tp} cannot be set from the command line")

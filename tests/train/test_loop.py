@@ -103,3 +103,24 @@ def test_schedule():
     assert lr_factor(4, 100, cfg) == pytest.approx(1.0)
     assert lr_factor(100, 100, cfg) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor(50, 100, TrainConfig(schedule="constant")) == 1.0
+
+
+def test_resume_from_the_last_batch_of_an_epoch_writes_its_validation_once(tmp_path):
+    # 3 steps per epoch and a checkpoint every 3 steps: the in-loop checkpoint lands on the
+    # epoch's last batch, before its validation; a kill right after that record is redone
+    run = tiny_run("adding", "lru", checkpoint_every=3, epochs=2)
+    train(run, tmp_path / "whole", progress="off", log=lambda s: None)
+
+    class KilledError(Exception):
+        pass
+
+    def die_after_first_val(step, record):
+        if record["split"] == "val":
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        train(run, tmp_path / "cut", progress="off", callbacks=[die_after_first_val],
+              log=lambda s: None)  # fmt: skip
+    assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["meta"]["batch"] == 3
+    train(run, tmp_path / "cut", resume=True, progress="off", log=lambda s: None)
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "cut")

@@ -130,11 +130,19 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from."""
+def _truncate_metrics(path: Path, step: int, after_eval: bool) -> None:
+    """Drop records written after the checkpoint we resume from.
+
+    ``after_eval``: the checkpoint was taken at an epoch's end, after its validation record;
+    otherwise a validation record at the checkpoint's step will be written again on resume.
+    """
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["step"] < step or (rec["step"] == step and (after_eval or rec["split"] == "train")):
+            keep.append(line)
     ckpt.atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
 
 
@@ -197,7 +205,7 @@ def train(
             raise ValueError(f"the configuration differs from {run_dir / 'config.json'}")
         state.update(ckpt.load_checkpoint(run_dir, model, optimizer))
         if dist.main:
-            _truncate_metrics(metrics_path, state["step"])
+            _truncate_metrics(metrics_path, state["step"], after_eval=state["batch"] == 0)
         log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch'] + 1})")
     elif dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)

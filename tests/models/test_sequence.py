@@ -1,5 +1,7 @@
 """SequenceModel: every layer type with every head; streaming = whole; padding = items."""
 
+import math
+
 import pytest
 import torch
 
@@ -114,3 +116,12 @@ def test_bidirectional_model_sees_the_future_and_causal_does_not():
         model = SequenceModel(small("s4d", bidirectional=bidirectional), CLASSIFY).eval()
         h = [model.norm_f(model.blocks[0](model.encoder(v))[0]) for v in (x, y)]
         assert bool((h[0][:, 0] - h[1][:, 0]).abs().max() > 1e-6) == changes_first
+
+
+def test_tied_language_model_starts_near_the_uniform_loss():
+    io = IOSpec("tokens", 200, vocab_size=200, max_length=32, causal=True)
+    model = SequenceModel(ModelConfig(layer="s4d", d_model=128, n_layers=2, d_state=8), io)
+    x, y = inputs(io, 4, 16, seed=0), inputs(io, 4, 16, seed=1)  # targets unrelated to x
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    assert abs(loss.item() - math.log(200)) < 0.5  # log(vocab) = 5.3

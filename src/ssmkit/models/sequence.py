@@ -172,6 +172,9 @@ class SequenceModel(GenerationMixin, nn.Module):
         self.norm_f = _norm(cfg)
         self.head = nn.Linear(cfg.d_model, io.n_outputs)
         if self.tied:
+            # the shared matrix also makes the logits: a unit-variance embedding would give
+            # logits of scale sqrt(d_model) and an initial loss far above log(vocab)
+            nn.init.normal_(self.encoder.weight, std=0.02)
             self.head.weight = self.encoder.weight
 
     @property

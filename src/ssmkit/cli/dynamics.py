@@ -61,13 +61,12 @@ def _cmd_ablate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _plot_curves(summaries, path: Path) -> None:
     """Mean +- std of the validation-loss curves per variant (skipped without matplotlib)."""
-    try:
-        import matplotlib
+    from ssmkit.train.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install 'ssmkit[plot]')")
+    try:
+        plt = pyplot()
+    except ValueError as e:  # matplotlib missing
+        print(f"no plot: {e}")
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for s in summaries:

@@ -13,7 +13,8 @@ from ssmkit.layers.s5 import S5
 from ssmkit.train.run import LoadedRun, read_metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; ValueError naming the extra when it is missing."""
     try:
         import matplotlib
 
@@ -27,7 +28,7 @@ def _pyplot():
 def plot_run(run: LoadedRun) -> list[Path]:
     """Write ``plots/curves.png`` and, where the layers have them, ``plots/kernels.png`` and
     ``plots/step_sizes.png`` in the run directory; returns the paths written."""
-    plt = _pyplot()
+    plt = pyplot()
     out = run.run_dir / "plots"
     out.mkdir(exist_ok=True)
     paths = [_curves(plt, run, out / "curves.png")]

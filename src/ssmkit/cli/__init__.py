@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 import ssmkit
-from ssmkit.cli import basic, dynamics, kalman, latent, train
+from ssmkit.cli import basic, dynamics, kalman, latent, longseq, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssmkit {ssmkit.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (basic, train, dynamics, latent, kalman):
+    for module in (basic, train, longseq, dynamics, latent, kalman):
         module.register(sub)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -80,14 +81,37 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def task_overrides(extra: list[str], command: str) -> dict[str, str]:
+    """``--task.FIELD VALUE`` pairs of ``eval``/``extrapolate``; anything else is an error."""
+    out = {}
+    for key, value in _overrides(extra):
+        if not key.startswith("task.") or len(key) == 5:
+            raise ValueError(
+                f"{command} takes task overrides as --task.FIELD VALUE (e.g. --task.length "
+                f"65536 --task.seed 7), got --{key}"
+            )
+        out[key[5:]] = value
+    return out
+
+
+def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from ssmkit.train import evaluate
+    from ssmkit.train.extrapolate import evaluate_chunked
     from ssmkit.train.run import load_run
 
-    run = load_run(Path(args.run_dir), args.weights, args.device)
+    overrides = task_overrides(extra, "eval")
+    run = load_run(Path(args.run_dir), args.weights, args.device, overrides)
+    if overrides and ({"n_train", "n_val"} & set(overrides)) and "seed" not in overrides:
+        print("note: new split sizes with the training seed make test sequences that may have "
+              "been training sequences; pass --task.seed to draw new ones", file=sys.stderr)  # fmt: skip
     split = run.task.splits()[args.split]
-    metrics = evaluate(run.model, split, run.task.spec.kind, args.batch_size, args.device)
-    print(json.dumps({"split": args.split, "weights": args.weights, **metrics}, indent=2))
+    kind = run.task.spec.kind
+    if args.chunk:
+        metrics = evaluate_chunked(run.model, split, kind, args.batch_size, args.chunk, args.device)
+    else:
+        metrics = evaluate(run.model, split, kind, args.batch_size, args.device)
+    record = {"split": args.split, "weights": args.weights, "task": overrides, **metrics}
+    print(json.dumps(record, indent=2))
     return 0
 
 
@@ -173,13 +197,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--no-plot", action="store_true", help="do not write plots at the end")
     tr.set_defaults(fn=_cmd_train, extra_ok=True)
 
-    ev = sub.add_parser("eval", help="metrics of a trained run on a split")
+    ev = sub.add_parser(
+        "eval",
+        help="metrics of a trained run on a split",
+        description="Metrics of a trained run. --task.FIELD VALUE rebuilds its task with other "
+        "fields (e.g. --task.length 65536 --task.n_test 64 --task.seed 7); fields that change "
+        "the vocabulary, classes or features are refused.",
+    )
     ev.add_argument("run_dir")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--weights", default="best", choices=["best", "last"])
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--device", default="cpu")
-    ev.set_defaults(fn=_cmd_eval)
+    ev.add_argument(
+        "--chunk", type=int, default=0,
+        help="feed sequences in pieces of this many steps with state passing (0: whole)",
+    )  # fmt: skip
+    ev.set_defaults(fn=_cmd_eval, extra_ok=True)
 
     gen = sub.add_parser("generate", help="continue a prompt with a trained token model")
     gen.add_argument("run_dir")

@@ -15,6 +15,7 @@ Causal models stream: ``forward(x, state=..., return_state=True)`` continues a s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -219,6 +220,66 @@ class SequenceModel(GenerationMixin, nn.Module):
         out = self.head(out)
         return (out, new) if return_state else out
 
+    def forward_chunks(
+        self, x: Tensor, lengths: Tensor | None = None, chunk: int = 4096
+    ) -> Iterator[tuple[int, Tensor]]:
+        """Run ``x`` in pieces of ``chunk`` steps, passing every block's state between them.
+
+        Memory stays O(batch x chunk) whatever the length. Per-step heads yield
+        ``(start, out)`` for each piece, out (b, <= chunk, n_outputs) for steps
+        ``start .. start + chunk - 1``; sequence-level heads yield one ``(0, out)``,
+        out (b, n_outputs), after the last piece (the pooling runs over all valid steps).
+        The outputs equal :meth:`forward` on the whole sequence (tested).
+
+        Raises:
+            ValueError: the model is not recurrent (bidirectional, or Mamba with reordering).
+        """
+        self._require_recurrent()
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+        x = self._check_input(x)
+        b, l = x.shape[0], x.shape[1]
+        full = torch.full((b,), l, dtype=torch.int64, device=x.device)
+        lengths = full if lengths is None else lengths.to(x.device, torch.int64)
+        pooled = self.io.head in ("classification", "regression")
+        acc = None  # pooled heads: running sum (mean) or the last valid step (last), (b, d)
+        states: list = [None] * len(self.blocks)
+        for start in range(0, l, chunk):
+            end = min(start + chunk, l)
+            valid = (lengths - start).clamp(0, end - start)  # (b,) valid steps in this piece
+            live = valid > 0  # items with steps left; the others keep their state
+            h = self.encoder(x[:, start:end])
+            new = []
+            for block, s in zip(self.blocks, states, strict=True):
+                h, s_new = block(h, s, lengths=valid.clamp(min=1), return_state=True)
+                new.append(s_new if s is None else _where(live, s_new, s))
+            states = new
+            h = self.norm_f(h)
+            if not pooled:
+                yield start, self.head(h)
+                continue
+            acc = self._pool_piece(h, valid, start, lengths, acc)
+        if pooled:
+            if self.cfg.pooling == "mean":
+                acc = acc / lengths.to(acc.dtype).unsqueeze(-1)
+            yield 0, self.head(acc)
+
+    def _pool_piece(
+        self, h: Tensor, valid: Tensor, start: int, lengths: Tensor, acc: Tensor | None
+    ) -> Tensor:
+        """Fold one piece (b, c, d) into the running pool (b, d) of :meth:`forward_chunks`."""
+        c = h.shape[1]
+        if self.cfg.pooling == "mean":
+            mask = length_mask(valid.clamp(min=1), c).to(h.dtype) * (valid > 0).to(h.dtype)[:, None]
+            part = (h * mask.unsqueeze(-1)).sum(1)  # (b, d)
+            return part if acc is None else acc + part
+        ends_here = (lengths - 1 >= start) & (lengths - 1 < start + c)  # (b,)
+        idx = (lengths - 1 - start).clamp(0, c - 1)
+        last = h[torch.arange(h.shape[0], device=h.device), idx]  # (b, d)
+        if acc is None:
+            acc = torch.zeros_like(last)
+        return torch.where(ends_here.unsqueeze(-1), last, acc)
+
     def step(self, x_t: Tensor, state: list) -> tuple[Tensor, list]:
         """One step: token ids (b,) or features (b, d_input) -> outputs (b, n_outputs)."""
         self._require_streaming("step")
@@ -261,6 +322,15 @@ class SequenceModel(GenerationMixin, nn.Module):
             )
         return x
 
+    def _require_recurrent(self) -> None:
+        mixers = [b.layer for b in self.blocks]
+        if self.cfg.bidirectional or any(getattr(m, "reorder", False) for m in mixers):
+            raise ValueError(
+                "this model is not recurrent (bidirectional layers or token reordering see "
+                "the whole sequence), so it cannot run in chunks with state passing; "
+                f"bidirectional={self.cfg.bidirectional}, reorder={self.cfg.reorder}"
+            )
+
     def _require_streaming(self, what: str) -> None:
         if not self.streams:
             raise ValueError(
@@ -268,3 +338,12 @@ class SequenceModel(GenerationMixin, nn.Module):
                 f"bidirectional); this one has head={self.io.head!r}, "
                 f"bidirectional={self.cfg.bidirectional}"
             )
+
+
+def _where(keep_new: Tensor, new, old):
+    """Per item, the new state where ``keep_new`` (b,) is True, else the old one (any nesting
+    of tensors, tuples and named tuples with the batch first)."""
+    if isinstance(new, Tensor):
+        return torch.where(keep_new.view(-1, *([1] * (new.ndim - 1))), new, old)
+    parts = [_where(keep_new, n, o) for n, o in zip(new, old, strict=True)]
+    return type(new)(*parts) if hasattr(new, "_fields") else type(new)(parts)

@@ -36,10 +36,29 @@ def read_config(run_dir: Path) -> RunConfig:
         raise ValueError(f"{path} is not a valid run configuration: {e}") from None
 
 
-def load_run(run_dir: Path, weights: str = "best", device: str = "cpu") -> LoadedRun:
+# What a task's spec says about the model's input and output spaces: a rebuilt task must keep
+# all of these, or the trained weights do not apply to it (its length may change).
+SPACE_FIELDS = (
+    "kind", "input", "vocab_size", "d_input", "n_outputs", "causal", "pad_id", "itos",
+    "classes", "mean", "std",
+)  # fmt: skip
+
+
+def load_run(
+    run_dir: Path,
+    weights: str = "best",
+    device: str = "cpu",
+    task_overrides: dict[str, object] | None = None,
+) -> LoadedRun:
     """The run's config, task and model with the ``best`` (by validation) or ``last`` weights.
 
     ``best`` falls back to the last checkpoint when no validation improved yet.
+    ``task_overrides`` (field -> value or string) rebuilds the task with other fields (another
+    length, seed or split size); the model is still built for the task it was trained on.
+
+    Raises:
+        ValueError: an override names an unknown field or changes the model's input/output
+            spaces (vocabulary, classes, features, normalisation).
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
@@ -47,6 +66,8 @@ def load_run(run_dir: Path, weights: str = "best", device: str = "cpu") -> Loade
     config = read_config(run_dir)
     task = data.build_task(config.task, config.task_config)
     model = build_model(config, task.spec)
+    if task_overrides:
+        task = rebuild_task(config, task.spec, task_overrides)
     best = run_dir / "best.safetensors"
     if weights == "best" and best.exists():
         ckpt.load_weights(best, model)
@@ -54,6 +75,34 @@ def load_run(run_dir: Path, weights: str = "best", device: str = "cpu") -> Loade
         ckpt.load_checkpoint(run_dir, model)
     model.to(torch.device(device)).eval()
     return LoadedRun(run_dir, config, task, model)
+
+
+def rebuild_task(
+    config: RunConfig, trained: data.TaskSpec, overrides: dict[str, object]
+) -> data.TaskData:
+    """The run's task rebuilt with ``overrides``; refused when the model's spaces change."""
+    new_config = data.override_config(config.task_config, overrides)
+    task = data.build_task(config.task, new_config)
+    changed = [
+        f for f in SPACE_FIELDS if getattr(task.spec, f) != getattr(trained, f)
+    ]  # fmt: skip
+    if changed:
+        what = "; ".join(
+            f"{f}: {_short(getattr(trained, f))} -> {_short(getattr(task.spec, f))}"
+            for f in changed
+        )
+        fields = ", ".join(f"--task.{k}" for k in overrides)
+        raise ValueError(
+            f"{fields} would change the model's input/output spaces ({what}); a model trained "
+            f"on {config.task!r} can only be evaluated with the same vocabulary, classes and "
+            "features (change length, seed or split sizes instead)"
+        )
+    return task
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -74,7 +74,6 @@ def test_evaluate_chunked_metrics_equal_evaluate(layer):
     assert whole.keys() == chunked.keys()
     for k in whole:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-5, abs=1e-6), k
-    assert 0 < whole["seq_accuracy"] or whole["accuracy"] < 1  # a real, non-degenerate split
 
 
 def test_evaluate_chunked_classification_and_regression_equal_evaluate():
@@ -153,7 +152,7 @@ def test_rebuild_refuses_changed_spaces_and_a_new_seed_gives_new_sequences():
 def test_length_field_and_refusal():
     assert length_field("copying", data.task_config("copying")) == "delay"
     assert length_field("mqar", data.task_config("mqar")) == "length"
-    with pytest.raises(ValueError, match="no length setting.*induction-heads"):
+    with pytest.raises(ValueError, match=r"no length setting.*induction-heads"):
         length_field("digits", data.task_config("digits"))
 
 

@@ -102,8 +102,9 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     overrides = task_overrides(extra, "eval")
     run = load_run(Path(args.run_dir), args.weights, args.device, overrides)
     if overrides and ({"n_train", "n_val"} & set(overrides)) and "seed" not in overrides:
-        print("note: new split sizes with the training seed make test sequences that may have "
-              "been training sequences; pass --task.seed to draw new ones", file=sys.stderr)  # fmt: skip
+        note = ("note: new split sizes with the training seed make test sequences that may have "
+                "been training sequences; pass --task.seed to draw new ones")  # fmt: skip
+        print(note, file=sys.stderr)
     split = run.task.splits()[args.split]
     kind = run.task.spec.kind
     if args.chunk:

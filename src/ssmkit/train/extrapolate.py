@@ -142,8 +142,9 @@ def extrapolate(
         rec = {field: int(L), "seq_length": task.spec.max_length, "n": n, **m,
                "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds)}  # fmt: skip
         records.append(rec)
+        rate = f"{seconds:.1f} s, {tokens / seconds:,.0f} tokens/s"
         log(f"{field} {L:>8}: {metric} {m[metric]:.4f}  ({n} sequences of "
-            f"{task.spec.max_length} steps, {seconds:.1f} s, {tokens / seconds:,.0f} tokens/s)")  # fmt: skip
+            f"{task.spec.max_length} steps, {rate})")  # fmt: skip
     return {
         "run_dir": str(run.run_dir),
         "task": name,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,42 @@ def test_listops_impossible_lengths_fail_clearly(small_config):
     c = small_config("listops", max_depth=2, max_args=2, min_length=50, max_length=60, n_train=2)
     with pytest.raises(ValueError, match="distinct expressions"):
         build_task("listops", c)
+
+
+def _lra_string(tokens: list[str]) -> str:
+    """Independent re-implementation of LRA's binary-tree printing: an operator with k
+    arguments is wrapped as ( ( ... ( OP a1 ) a2 ) ... ak ) ] )."""
+    pos = 0
+
+    def node() -> str:
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok not in ("[MIN", "[MAX", "[MED", "[SM"):
+            return tok
+        text = tok
+        while tokens[pos] != "]":
+            text = f"( {text} {node()} )"
+        pos += 1
+        return f"( {text} ] )"
+
+    out = node()
+    assert pos == len(tokens)
+    return out
+
+
+def test_listops_parens_are_lras_strings_of_the_same_trees(small_config):
+    c = small_config("listops", max_depth=4, max_args=5, min_length=10, max_length=80)
+    plain = build_task("listops", c)
+    lra = build_task("listops", replace(c, parens=True))
+    assert torch.equal(lra.train.y, plain.train.y)
+    longest = max(int(s.lengths.max()) for s in lra.splits().values())
+    assert lra.spec.max_length == longest > c.max_length
+    for xa, na, xb, nb in zip(plain.train.x, plain.train.lengths, lra.train.x, lra.train.lengths,
+                              strict=True):  # fmt: skip
+        tokens = decode(xa[: int(na)]).split()
+        assert decode(xb[: int(nb)]) == _lra_string(tokens)
+    with_parens = decode(lra.train.x[0, : int(lra.train.lengths[0])])
+    assert with_parens.startswith("(") and with_parens.replace("( ", "").replace(" )", "") == (
+        decode(plain.train.x[0, : int(plain.train.lengths[0])])
+    )

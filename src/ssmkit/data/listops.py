@@ -8,9 +8,11 @@ no expression is in two splits. Operators: MAX, MIN, MED (median, rounded down a
 ``int(np.median)``), SM (sum mod 10).
 
 Tokens follow Nangia & Bowman's bracket form ``[MAX 2 9 [MIN 4 7 ] 0 ]``, one token per
-operator, digit and closing bracket. LRA's files also wrap every binary tree node in
-parentheses, which roughly doubles the length without adding information; we leave them out,
-so our lengths count only these tokens.
+operator, digit and closing bracket; lengths count exactly these tokens, as LRA's generator
+does when it keeps trees with 500 < length < 2000. LRA's files also wrap every node of its
+binary tree in parentheses (``( ( ( [MAX 2 ) 9 ) ] )``: an operator with k arguments gets
+k + 1 pairs), which roughly doubles the sequence without adding information; S4's loader strips
+them again. ``parens=True`` emits them, with the same trees and values for the same seed.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from ssmkit.data.base import (
 PAD = 0
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
-ITOS = ("<pad>", *(str(d) for d in range(10)), *OPERATORS, END)
+OPEN, CLOSE = "(", ")"  # LRA's binary-node parentheses (only with parens=True)
+ITOS = ("<pad>", *(str(d) for d in range(10)), *OPERATORS, END, OPEN, CLOSE)
 STOI = {s: i for i, s in enumerate(ITOS)}
 _DIGIT = tuple(range(1, 11))  # token id of digit d is d + 1
 _OP_IDS = tuple(STOI[o] for o in OPERATORS)
 _END_ID = STOI[END]
+_OPEN_ID, _CLOSE_ID = STOI[OPEN], STOI[CLOSE]
 
 
 def apply_op(op: str, args: list[int]) -> int:
@@ -58,21 +62,33 @@ class _TooLongError(Exception):
 
 
 def _tree_sampler(c: ListOpsConfig, rng: random.Random):
-    """A function ``tree(depth, out) -> value`` that appends one random subtree's token ids
-    to ``out``; locals instead of attribute look-ups, since this loop dominates the build."""
+    """A function ``tree(depth, out, count) -> value`` that appends one random subtree's token
+    ids to ``out`` and adds its LRA length (parentheses excluded) to ``count[0]``; locals
+    instead of attribute look-ups, since this loop dominates the build."""
     rnd, p, span = rng.random, c.p_operator, c.max_args - 1
-    max_depth, limit = c.max_depth, c.max_length
+    max_depth, limit, parens = c.max_depth, c.max_length, c.parens
 
-    def tree(depth: int, out: list[int]) -> int:
+    def tree(depth: int, out: list[int], count: list[int]) -> int:
         if depth >= max_depth or rnd() > p:
             value = int(rnd() * 10)
             out.append(_DIGIT[value])
+            count[0] += 1
             return value
         op = int(rnd() * len(OPERATORS))
+        k = 2 + int(rnd() * span)  # arguments
+        if parens:
+            out.extend([_OPEN_ID] * (k + 1))
         out.append(_OP_IDS[op])
-        args = [tree(depth + 1, out) for _ in range(2 + int(rnd() * span))]
+        args = []
+        for _ in range(k):
+            args.append(tree(depth + 1, out, count))
+            if parens:
+                out.append(_CLOSE_ID)
         out.append(_END_ID)
-        if len(out) > limit:
+        if parens:
+            out.append(_CLOSE_ID)
+        count[0] += 2
+        if count[0] > limit:
             raise _TooLongError
         return apply_op(OPERATORS[op], args)
 
@@ -97,11 +113,12 @@ def sample_expressions(c: ListOpsConfig, n: int) -> list[tuple[tuple[int, ...], 
                 "length range or raise max_depth / max_args / p_operator"
             )
         out: list[int] = []
+        count = [0]
         try:
-            value = tree(1, out)
+            value = tree(1, out, count)
         except _TooLongError:
             continue
-        if c.min_length <= len(out) <= c.max_length:
+        if c.min_length <= count[0] <= c.max_length:
             found.setdefault(tuple(out), value)
     return list(found.items())
 
@@ -119,6 +136,7 @@ class ListOpsConfig(TaskConfig):
     n_val: int = 500  # validation expressions (LRA: 2000)
     n_test: int = 500  # test expressions (LRA: 2000)
     seed: int = 0  # generator seed
+    parens: bool = False  # emit LRA's "(" ")" around every binary node (S4 strips them)
 
     def validate(self) -> None:
         require_min(self, 1, "max_depth", "min_length", "n_train")
@@ -157,8 +175,10 @@ def build_listops(c: ListOpsConfig) -> TaskData:
     lengths = torch.tensor([len(ids) for ids, _ in samples], dtype=torch.int64)  # (b,)
     y = torch.tensor([value for _, value in samples], dtype=torch.int64)  # (b,)
     flat = torch.tensor([t for ids, _ in samples for t in ids], dtype=torch.int64)
-    x = torch.full((n, c.max_length), PAD, dtype=torch.int64)
-    x[torch.arange(c.max_length) < lengths[:, None]] = flat  # row-major fill of each prefix
+    # with parentheses a sequence is longer than its LRA length: pad to the longest one
+    width = int(lengths.max()) if c.parens else c.max_length
+    x = torch.full((n, width), PAD, dtype=torch.int64)
+    x[torch.arange(width) < lengths[:, None]] = flat  # row-major fill of each prefix
     splits = split_rows(x, y, lengths, c.n_train, c.n_val)
     spec = TaskSpec(
         name="listops",
@@ -167,7 +187,7 @@ def build_listops(c: ListOpsConfig) -> TaskData:
         vocab_size=len(ITOS),
         d_input=None,
         n_outputs=10,
-        max_length=c.max_length,
+        max_length=width,
         causal=False,
         pad_id=PAD,
         itos=ITOS,

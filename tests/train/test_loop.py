@@ -11,7 +11,7 @@ from ssmkit.models.sequence import LAYERS
 from ssmkit.train import TrainingInterruptedError, train
 from ssmkit.train.checkpoint import load_checkpoint
 from ssmkit.train.config import TrainConfig, apply_overrides, default_run
-from ssmkit.train.loop import build_model, lr_factor
+from ssmkit.train.loop import _seed, build_model, lr_factor
 from ssmkit.train.run import load_run, read_metrics
 from tests.train.conftest import tiny_run
 
@@ -124,3 +124,20 @@ def test_resume_from_the_last_batch_of_an_epoch_writes_its_validation_once(tmp_p
     assert json.loads((tmp_path / "cut" / "checkpoint.json").read_text())["meta"]["batch"] == 3
     train(run, tmp_path / "cut", resume=True, progress="off", log=lambda s: None)
     assert _losses(tmp_path / "whole") == _losses(tmp_path / "cut")
+
+
+def test_summary_counts_training_tokens_and_time(tmp_path):
+    run = tiny_run("listops", "s4d")  # padded: tokens are the valid steps, not b * l
+    summary = train(run, tmp_path / "r", progress="off", log=lambda s: None)
+    task = data.build_task(run.task, run.task_config)
+    order_tokens = 0
+    per_epoch = len(task.train) // run.train.batch_size
+    for epoch in range(run.train.epochs):
+        g = torch.Generator().manual_seed(_seed(run.train.seed, epoch))
+        order = torch.randperm(len(task.train), generator=g)
+        used = order[: per_epoch * run.train.batch_size]
+        order_tokens += int(task.train.lengths[used].sum())
+    assert summary["train_tokens"] == order_tokens
+    assert order_tokens < summary["steps"] * run.train.batch_size * task.spec.max_length
+    assert 0 < summary["train_s"] <= summary["time_s"]
+    assert summary["tokens_per_s"] == pytest.approx(order_tokens / summary["train_s"], rel=0.1)

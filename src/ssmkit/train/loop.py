@@ -196,8 +196,9 @@ def train(
     )
     metric = primary_metric(kind)
 
+    # tokens / train_s / cpu_s: training steps only (no evaluation), for tokens per second
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_epoch": -1, "elapsed": 0.0,
-             "run_loss": 0.0, "run_n": 0}  # fmt: skip
+             "run_loss": 0.0, "run_n": 0, "tokens": 0, "train_s": 0.0, "cpu_s": 0.0}  # fmt: skip
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         saved = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
@@ -241,7 +242,9 @@ def train(
             bar.start_epoch(epoch + 1, cfg.epochs, per_epoch, state["batch"])
             while state["batch"] < per_epoch and state["step"] < total:
                 b = state["batch"]
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size][dist.rank :: dist.world]
+                t_step, cpu_step = time.perf_counter(), time.process_time()
+                batch_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = batch_idx[dist.rank :: dist.world]
                 x, y, lengths = get_batch(task.train, idx, kind, device)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * lr_factor(state["step"], total, cfg)
@@ -267,6 +270,9 @@ def train(
                 state["batch"] += 1
                 state["run_loss"] += step_loss
                 state["run_n"] += 1
+                state["tokens"] += int(task.train.lengths[batch_idx].sum())
+                state["train_s"] += time.perf_counter() - t_step
+                state["cpu_s"] += time.process_time() - cpu_step
                 bar.update(step_loss, x.shape[0] * dist.world)
                 if state["step"] % cfg.log_every == 0:
                     record({"split": "train", "step": state["step"], "epoch": epoch,
@@ -321,6 +327,11 @@ def _finish(run, run_dir, model, task, state, device, dist, record) -> dict:
         "steps": state["step"],
         "epochs": state["epoch"],
         "time_s": round(state["elapsed"], 2),
+        "train_s": round(state["train_s"], 2),  # training steps only, no evaluation
+        "train_cpu_s": round(state["cpu_s"], 2),  # CPU time of those steps (this process)
+        "train_tokens": state["tokens"],
+        "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9)),
+        "threads": torch.get_num_threads(),
         "best_epoch": state["best_epoch"] + 1,
         "metric": primary_metric(kind),
         "val_best": state["best"],

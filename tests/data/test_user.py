@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssmkit.data import build_task, task_config
-from ssmkit.data.user import denormalize
+from ssmkit.data.user import denormalize, read_series
 from tests.data.conftest import write_classification_csv, write_series_csv
 
 
@@ -97,9 +97,10 @@ def test_npz_round_trip(tmp_path):
         ("label,a,b\n1,0.5,1\n0,2\n", r"line 3: 2 fields, but the header has 3"),
         ("label,a,b\n1,0.5,1,7\n", r"line 2: 4 fields, but the header has 3"),
         ("y,a,b\n1,0.5,1\n", r"no label column 'label'; the columns are \['y', 'a', 'b'\]"),
-        ("label,a,b\n1,,1\n", r"line 2, column 'a': empty value before later values"),
+        ("label,a,b\n1,,1\n", r"line 2, column 'a': missing value '' inside the sequence"),
         ("label,a,b\n,1,1\n", r"line 2, column 'label': empty label"),
-        ("label,a,b\n1,nan,1\n", r"'nan' is not finite"),
+        ("label,a,b\n1,nan,1\n", r"column 'a': missing value 'nan' inside the sequence"),
+        ("label,a,b\n1,1,2\n\n0,3,4\n", r"line 3: empty line; every line after the header"),
         ("label,a,b\n", r"no data rows"),
         ("", r"empty file"),
     ],
@@ -179,3 +180,72 @@ def test_bad_series_csv_gives_clear_errors(tmp_path, text, time_column, match):
     with pytest.raises(ValueError, match=match) as info:
         build_task("csv-forecast", _fc_config(f, time_column=time_column))
     assert "bad.csv" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Missing values, blank lines, byte order marks: nothing dropped, nothing shifted
+
+
+def test_read_series_keeps_missing_values_at_their_step(tmp_path):
+    f = tmp_path / "gaps.csv"
+    f.write_bytes(b"t,a,b\r\n0,1,2\r\n1,,3\r\n\r\n3,4,NA\r\n")
+    table = read_series(f, "t")
+    want = torch.tensor([[1, 2], [np.nan, 3], [np.nan, np.nan], [4, np.nan]], dtype=torch.float64)
+    torch.testing.assert_close(table.values, want, equal_nan=True)
+    assert table.names == ["a", "b"] and table.lines == [2, 3, 4, 5]
+    assert table.labels == ["0", "1", "", "3"]
+
+
+@pytest.mark.parametrize(
+    ("gap", "match"),
+    [
+        ("", r"gaps\.csv, line 12, column 'a': missing value \(step 10; 2 missing cell"),
+        ("NA", r"gaps\.csv, line 12, column 'a': missing value \(step 10; 1 missing cell"),
+    ],
+)
+def test_csv_forecast_refuses_a_gap_instead_of_shifting_time(tmp_path, gap, match):
+    f = tmp_path / "gaps.csv"
+    values = write_series_csv(f, n=300)
+    lines = f.read_text().splitlines()
+    lines[11] = "" if not gap else f"10,{gap},{values[10, 1]}"  # step 10 is line 12
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=match):
+        build_task("csv-forecast", _fc_config(f, time_column="time", window=10))
+
+
+def test_csv_forecast_all_missing_column_is_an_error(tmp_path):
+    f = tmp_path / "empty.csv"
+    f.write_text("t,a,b\n0,1,\n1,2,NA\n2,3,\n")
+    with pytest.raises(ValueError, match=r"empty\.csv, column 'b': every value is missing"):
+        build_task("csv-forecast", _fc_config(f, time_column="t", window=1))
+
+
+def test_csv_forecast_bom_and_trailing_blank_lines(tmp_path):
+    f = tmp_path / "series.csv"
+    values = write_series_csv(f, n=300)
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes() + b"\n\n")
+    c = _fc_config(f, time_column="time", window=20, normalize=False)
+    with pytest.warns(UserWarning, match=r"skipped 2 blank line\(s\) at the end"):
+        data = build_task("csv-forecast", c)
+    assert data.spec.d_input == 2 and "(300 steps)" in data.spec.description
+    np.testing.assert_allclose(data.test.y[-1, -1].numpy(), values[-1], atol=1e-6)
+
+
+def test_csv_classification_bom_and_trailing_blank_lines(tmp_path):
+    f = tmp_path / "seqs.csv"
+    write_classification_csv(f, n_rows=30, n_values=6)
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes() + b"\n \n")
+    with pytest.warns(UserWarning, match=r"skipped 2 blank line\(s\) at the end"):
+        data = build_task("csv-classification", _cls_config(f))
+    assert sum(len(s) for s in data.splits().values()) == 30
+
+
+@pytest.mark.parametrize("marker", ["NA", "nan", "null"])
+def test_csv_classification_missing_feature_is_an_error(tmp_path, marker):
+    """A marked gap is never dropped nor read as a shorter sequence, even in the last column."""
+    f = tmp_path / "cls.csv"
+    for line, where in ((f"0,1,{marker},3", "b"), (f"0,1,3,{marker}", "c")):
+        f.write_text(f"label,a,b,c\n1,0.5,1,2\n{line}\n")
+        match = rf"cls\.csv, line 3, column '{where}': missing value '{marker}' inside the seq"
+        with pytest.raises(ValueError, match=match):
+            build_task("csv-classification", _cls_config(f))

@@ -72,7 +72,7 @@ def test_fit_and_forecast_tmp_csv(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "series 'sales', 30 observations" in out
+    assert "series 'sales', 29 observations (30 time steps, 1 missing)" in out
     rows = list(csv.reader((tmp_path / "o" / "smoothed_states.csv").open()))
     assert rows[0][0] == "date" and len(rows) == 31 and rows[8][1] == "nan"
     assert (

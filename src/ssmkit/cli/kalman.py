@@ -5,7 +5,9 @@
     ssmkit forecast --example nile --horizon 10 [--level 0.9] [--out DIR]
 
 ``fit`` estimates the variances (and AR coefficients) by maximum likelihood, prints them
-with standard errors, the log-likelihood, AIC and BIC, and writes the smoothed states
+with standard errors, the log-likelihood, AIC, BIC and the number of observations (time
+steps less missing values; empty cells, NA and, in a one-column file, empty lines are
+missing values kept at their time step), and writes the smoothed states
 (``smoothed_states.csv``) and a plot of data, smoothed level and forecast (``forecast.png``,
 needs matplotlib). ``forecast`` fits the same way, then prints and writes
 (``forecast.csv``) the mean and prediction interval of the next ``--horizon`` values.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -24,9 +27,13 @@ def _load(args: argparse.Namespace):
 
     if (args.csv is None) == (args.example is None):
         raise ValueError("give either a CSV file or --example nile (not both)")
-    series = load_nile() if args.example else read_csv(args.csv, args.column)
     if args.example and args.column:
         raise ValueError("--column applies to a CSV file, not to --example")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the notes are printed below instead
+        series = load_nile() if args.example else read_csv(args.csv, args.column)
+    for note in series.notes:
+        print(f"ssmkit {args.command}: note: {note}", file=sys.stderr)
     if series.y.shape[1] != 1:
         raise ValueError(
             f"the model is univariate; choose one of the columns {list(series.columns)} "
@@ -36,17 +43,26 @@ def _load(args: argparse.Namespace):
 
 
 def _fit(args: argparse.Namespace):
-    import torch
-
     from ssmkit.probabilistic.fit import fit_mle
     from ssmkit.probabilistic.spec import structural_spec
 
     series = _load(args)
     y = series.y.unsqueeze(0)  # (1, l, 1)
-    if int((~torch.isnan(y)).sum()) < 3:
-        raise ValueError("need at least 3 observed values to fit")
+    if args.seasonal > series.n_steps:
+        raise ValueError(
+            f"--seasonal {args.seasonal} is longer than the series ({series.n_steps} time "
+            "steps): a seasonal pattern needs at least one full period of data"
+        )
     spec = structural_spec(y, args.model, args.seasonal, args.ar)
     return series, y, fit_mle(spec, y, diffuse=args.diffuse)
+
+
+def observation_count(series) -> str:
+    """'N observations', with the time steps and missing values when some are missing."""
+    n, l = series.n_observed, series.n_steps * series.y.shape[1]
+    if n == l:
+        return f"{n} observations"
+    return f"{n} observations ({series.n_steps} time steps, {l - n} missing)"
 
 
 def _report(series, res) -> None:
@@ -54,7 +70,7 @@ def _report(series, res) -> None:
     for name, value, se in zip(res.names, res.params.tolist(), res.se.tolist(), strict=True):
         print(f"{name:24} {value:14.6g} {se:12.4g}")
     print(f"log-likelihood {res.loglik:.6f}   AIC {res.aic:.4f}   BIC {res.bic:.4f}")
-    print(f"series {series.columns[0]!r}, {series.y.shape[0]} observations")
+    print(f"series {series.columns[0]!r}, {observation_count(series)}")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -5,12 +5,17 @@
 mapped to ids in sorted order) and every other column is a value of the sequence, in order.
 With ``features = d > 1`` the values of a row are read as time steps of d features
 (``t0f0, t0f1, ..., t1f0, ...``). Trailing empty cells make a row shorter: sequences are
-right-padded and ``lengths`` say where each ends. A ``.npz`` file with arrays ``x``
+right-padded and ``lengths`` say where each ends; an empty or NA cell before a later value,
+and an empty line, are errors naming the line and column. A ``.npz`` file with arrays ``x``
 ((b, l) or (b, l, d)), ``y`` ((b,) int) and optionally ``lengths`` ((b,)) works too.
 
 ``csv-forecast`` reads a *long* CSV: a header, one row per time step, one column per variable
-(an optional ``time_column`` is dropped). The series is cut chronologically into train / val /
-test parts; windows of ``window`` steps inside each part have per-step targets
+(an optional ``time_column`` is dropped). Every line after the header is a step: a missing
+value (empty cell, NA, an empty line) is read as NaN at its step by :func:`read_series`, and
+the task then refuses it with the line and column, since its models take no gaps and
+dropping the line would shift time. In both files a UTF-8 byte order mark is ignored and
+blank lines at the end are skipped with a warning. The series is cut chronologically into
+train / val / test parts; windows of ``window`` steps inside each part have per-step targets
 ``y[t] = series[t + horizon]``. Values are standardised with the training part's mean and
 std, stored in ``TaskSpec.mean`` / ``TaskSpec.std`` (:func:`denormalize` undoes it).
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +45,7 @@ from ssmkit.data.base import (
 )
 
 Tensor = torch.Tensor
+MISSING = {"", "na", "nan", "n/a", "null", "."}  # cells read as missing values (lower case)
 
 
 def _path(config: object) -> Path:
@@ -52,22 +59,38 @@ def _path(config: object) -> Path:
 
 
 def read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, cells) of every non-blank row; ragged rows are errors."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if not header:
-            raise ValueError(f"{path}: empty file (a header line is required)")
-        rows = []
-        for row in reader:
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has "
-                    f"{len(header)} ({header})"
-                )
-            rows.append((reader.line_num, row))
+    """Header and (line number, cells) of every line after it; ragged rows are errors.
+
+    Every line is a row: an empty line (or one of blanks only) becomes a row of empty cells,
+    so nothing is dropped or shifted. Only blank lines at the end of the file are skipped,
+    with a warning that counts them. A UTF-8 byte order mark is ignored.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not any(header):
+        raise ValueError(f"{path}: empty file (a header line is required)")
+    blank = [not row or (len(row) == 1 and row[0].isspace()) for _, row in rows]
+    n = len(rows)
+    while n and blank[n - 1]:
+        n -= 1
+    if n < len(rows):
+        warnings.warn(
+            f"{path}: skipped {len(rows) - n} blank line(s) at the end of the file",
+            stacklevel=2,
+        )
+    pairs = zip(rows[:n], blank[:n], strict=True)
+    rows = [(line, [""] * len(header) if b else row) for (line, row), b in pairs]
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, line {line}: {len(row)} fields, but the header has "
+                f"{len(header)} ({header})"
+            )
     if not rows:
         raise ValueError(f"{path}: no data rows after the header")
     return header, rows
@@ -142,6 +165,11 @@ def _read_classification_csv(
     lengths = torch.empty(len(rows), dtype=torch.int64)
     labels = []
     for i, (line, row) in enumerate(rows):
+        if not any(cell.strip() for cell in row):
+            raise ValueError(
+                f"{path}, line {line}: empty line; every line after the header must be a "
+                "sequence (label and values), so remove it"
+            )
         label = row[li].strip()
         if not label:
             raise ValueError(f"{path}, line {line}, column {c.label_column!r}: empty label")
@@ -151,10 +179,11 @@ def _read_classification_csv(
         while n and not cells[n - 1]:
             n -= 1
         for j in range(n):
-            if not cells[j]:
+            if not cells[j] or cells[j].lower() in MISSING:
                 raise ValueError(
-                    f"{path}, line {line}, column {header[value_cols[j]]!r}: empty value before "
-                    "later values (only trailing cells may be empty)"
+                    f"{path}, line {line}, column {header[value_cols[j]]!r}: missing value "
+                    f"{cells[j]!r} inside the sequence (only empty cells at the end of a row may "
+                    "shorten a sequence; fill or interpolate gaps inside it)"
                 )
             x[i, j] = _number(path, line, header[value_cols[j]], cells[j])
         if n == 0 or n % c.features:
@@ -262,28 +291,60 @@ class CSVForecastConfig(TaskConfig):
         require(self, "time_column", self.time_column != "", "a column name or None")
 
 
-def read_series(path: Path, time_column: str | None) -> tuple[Tensor, list[str]]:
-    """(steps, variables) float64 series and the variable names."""
+@dataclass(frozen=True)
+class SeriesTable:
+    """A long CSV read by :func:`read_series`: one row per line after the header."""
+
+    values: Tensor  # (steps, variables) float64, NaN where a cell is missing
+    names: list[str]  # the variables' column names
+    lines: list[int]  # (steps,) line number of each step in the file
+    labels: list[str] | None  # (steps,) cells of the time column, if one was named
+
+
+def read_series(path: Path, time_column: str | None) -> SeriesTable:
+    """Every line after the header is a time step; empty cells and NA / NaN markers are NaN
+    at their step (never dropped, never shifted); non-numbers and infinities are errors, and
+    so is a variable without any value."""
     header, rows = read_csv(path)
     if time_column is not None and time_column not in header:
         raise ValueError(f"{path}: no time column {time_column!r}; the columns are {header}")
     cols = [j for j, h in enumerate(header) if h != time_column]
     if not cols:
         raise ValueError(f"{path}: no value columns besides the time column")
-    series = torch.empty(len(rows), len(cols), dtype=torch.float64)
+    series = torch.empty(len(rows), len(cols), dtype=torch.float64)  # (steps, v)
     for i, (line, row) in enumerate(rows):
         for k, j in enumerate(cols):
             cell = row[j].strip()
-            if not cell:
-                raise ValueError(f"{path}, line {line}, column {header[j]!r}: missing value")
-            series[i, k] = _number(path, line, header[j], cell)
-    return series, [header[j] for j in cols]
+            missing = cell.lower() in MISSING
+            series[i, k] = math.nan if missing else _number(path, line, header[j], cell)
+    for k, j in enumerate(cols):
+        if bool(series[:, k].isnan().all()):
+            raise ValueError(f"{path}, column {header[j]!r}: every value is missing")
+    labels = None
+    if time_column is not None:
+        labels = [row[header.index(time_column)].strip() for _, row in rows]
+    return SeriesTable(series, [header[j] for j in cols], [line for line, _ in rows], labels)
+
+
+def _require_complete(path: Path, table: SeriesTable) -> None:
+    """csv-forecast models take no missing values: name the first one instead of filling it
+    with a fake value or dropping its step (which would shift every later step in time)."""
+    gaps = table.values.isnan()  # (steps, v)
+    if bool(gaps.any()):
+        i, k = (int(v) for v in torch.nonzero(gaps)[0])
+        raise ValueError(
+            f"{path}, line {table.lines[i]}, column {table.names[k]!r}: missing value (step "
+            f"{i}; {int(gaps.sum())} missing cell(s) in all). csv-forecast cannot train on "
+            "gaps: fill or interpolate them in the file (dropping the line would shift time)"
+        )
 
 
 def build_csv_forecast(c: CSVForecastConfig) -> TaskData:
     """Shapes: x (b, window, v) float32, y (b, window, v) with y[:, t] = series[s + t + horizon]."""
     path = _path(c)
-    series, names = read_series(path, c.time_column)
+    table = read_series(path, c.time_column)
+    _require_complete(path, table)
+    series, names = table.values, table.names
     n, v = series.shape
     n_test, n_val = int(n * c.test_fraction), int(n * c.val_fraction)
     n_train = n - n_val - n_test

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssmkit.core.checks import check_choice, check_int, check_tensor
+from ssmkit.core.checks import check_choice, check_int, check_ndim, check_tensor
 from ssmkit.probabilistic.filters import log_likelihood
 from ssmkit.probabilistic.model import LinearGaussianSSM
 
@@ -81,10 +81,15 @@ def fit_mle(
 
     Returns:
         An :class:`MLEResult`.
+
+    Raises:
+        ValueError: y is not (b, l, o), holds infinite values, or has fewer observed values
+            than the model needs (k parameters + max(diffuse states, burn), per series).
     """
     check_choice("optimizer", optimizer, ("lbfgs", "adam"))
     check_int("max_iter", max_iter, 1)
     check_tensor("spec.theta0", spec.theta0)
+    check_observations(spec, y, burn)
     nll = _objective(spec, y, u, method, diffuse, kappa, burn)
     theta = spec.theta0.detach().to(y.dtype).clone().requires_grad_(True)
     iterations = 0
@@ -126,6 +131,39 @@ def fit_mle(
     return MLEResult(
         spec.natural(theta).detach(), spec.names, theta, se, loglik, aic, bic, iterations, model
     )
+
+
+def check_observations(spec: ParametricModel, y: Tensor, burn: int) -> None:
+    """Reject data a fit cannot use: infinite values, or too few observed steps per series.
+
+    A series must have at least k + max(d, burn) observed steps (k free parameters, d diffuse
+    states that the first observations only initialise, burn dropped steps); anything less
+    leaves the parameters unidentified (e.g. 3 for a local level model, 3 + s for a local
+    level with a seasonal of period s: the check also catches a period longer than the data).
+    Exact and approximate diffuse initialisation need the same count.
+    """
+    check_ndim("y", y, 3, "(b, l, o)")
+    if bool(torch.isinf(y).any()):
+        b, t, o = (int(i) for i in torch.nonzero(torch.isinf(y))[0])
+        raise ValueError(
+            f"y must be finite or NaN (missing); y[{b}, {t}, {o}] = {float(y[b, t, o])} "
+            f"(and {int(torch.isinf(y).sum()) - 1} more infinite value(s))"
+        )
+    with torch.no_grad():
+        model = spec.build(spec.theta0.to(y.dtype))
+    k = spec.theta0.numel()
+    d = 0
+    if model.P0_diffuse is not None:
+        d = int(torch.linalg.matrix_rank(model.P0_diffuse))
+    need = k + max(d, burn)  # the first max(d, burn) observed steps add no usable terms
+    observed = (~torch.isnan(y)).any(-1).sum(1)  # (b,) observed steps per series
+    if int(observed.min()) < need:
+        i = int(observed.argmin())
+        raise ValueError(
+            f"y is too short for the model: series {i} has {int(observed[i])} observed "
+            f"step(s) of {y.shape[1]} time steps, but {k} parameter(s), {d} diffuse state(s) "
+            f"and burn = {burn} need at least {need}"
+        )
 
 
 def standard_errors(

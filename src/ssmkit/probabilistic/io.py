@@ -1,13 +1,18 @@
 """Reading time series from CSV files, and the bundled data sets.
 
 A CSV file has a header row; each selected column is one observed series (one entry of
-y_t). Empty cells and NA / NaN / nan are missing values. An index column (dates, years) is
-kept as text labels.
+y_t). After the header every line is one time step: empty cells and NA / NaN / nan are
+missing values, an empty line is a missing value in a one-column file and a row of missing
+values otherwise, so a gap never shifts the later observations in time. Only blank lines at
+the very end of the file are skipped, and the reader says so (:attr:`Series.notes` and a
+warning). A UTF-8 byte order mark is ignored. An index column (dates, years) is kept as text
+labels.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,32 +32,43 @@ class Series:
     columns: tuple[str, ...]  # names of the o columns
     index: tuple[str, ...] | None  # (l,) labels from the index column, if any
     index_name: str | None  # name of the index column
+    notes: tuple[str, ...] = ()  # what the reader changed (skipped trailing blank lines)
+
+    @property
+    def n_steps(self) -> int:
+        """l: the number of time steps (rows after the header), missing ones included."""
+        return self.y.shape[0]
+
+    @property
+    def n_observed(self) -> int:
+        """Observed cells: l * o minus the missing ones."""
+        return int((~torch.isnan(self.y)).sum())
 
 
 def read_csv(
     path: str | Path, columns: list[str] | None = None, index_column: str | None = None
 ) -> Series:
-    """Read numeric columns of a CSV file.
+    """Read numeric columns of a CSV file, one row per time step.
 
     Args:
-        path: the file.
+        path: the file (UTF-8, with or without a byte order mark).
         columns: names of the columns to read; default all columns except the index.
         index_column: name of a label column; by default the first column when it is
             called date, time, year, month, quarter, period, index or t.
 
+    Returns:
+        A :class:`Series` with y of shape (l, o), l = the number of lines after the header
+        less the blank lines at the end of the file (counted in ``notes``).
+
     Raises:
-        ValueError: unknown column names, ragged rows, no data rows, or a cell that is
-            neither a number nor a missing marker (the message names file, line and column).
+        ValueError: unknown or repeated column names, ragged rows, no data rows, a cell that
+            is neither a finite number nor a missing marker (the message names file, line and
+            column), or a selected column without any observed value.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"CSV file {str(path)!r} does not exist")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise ValueError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header, rows, notes = _rows(path)
     if index_column is None and header[0].lower() in INDEX_NAMES and len(header) > 1:
         index_column = header[0]
     if index_column is not None and index_column not in header:
@@ -62,18 +78,58 @@ def read_csv(
     for c in columns:
         if c not in header:
             raise ValueError(f"{path}: no column {c!r}; columns are {header}")
+        if header.count(c) > 1:
+            raise ValueError(f"{path}: the header names column {c!r} {header.count(c)} times")
     cols = [header.index(c) for c in columns]
-    values = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise ValueError(f"{path}, line {lineno}: {len(row)} cells, header has {len(header)}")
-        values.append([_number(row[j], path, lineno, header[j]) for j in cols])
+    values = [[_number(row[j], path, line, header[j]) for j in cols] for line, row in rows]
+    y = torch.tensor(values, dtype=torch.float64).reshape(len(values), len(cols))  # (l, o)
+    for k, c in enumerate(columns):
+        if bool(torch.isnan(y[:, k]).all()):
+            raise ValueError(
+                f"{path}, column {c!r}: all {len(rows)} values are missing (lines 2-"
+                f"{rows[-1][0]}); there is nothing to model"
+            )
     index = None
     if index_column is not None:
         k = header.index(index_column)
-        index = tuple(r[k].strip() for r in rows[1:])
-    y = torch.tensor(values, dtype=torch.float64).reshape(len(values), len(cols))
-    return Series(y, tuple(columns), index, index_column)
+        index = tuple(row[k].strip() for _, row in rows)
+    return Series(y, tuple(columns), index, index_column, notes)
+
+
+def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], tuple[str, ...]]:
+    """Header, (line number, cells) of every row after it, and notes on skipped lines.
+
+    An empty line (or one of blanks only) is a row of empty cells; a quoted "" is one empty
+    cell. Blank lines at the end of the file are dropped and counted in a note.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
+    if not any(header):
+        raise ValueError(f"{path}: line 1 must be the header row (column names), got {header}")
+    blank = [not row or (len(row) == 1 and row[0].isspace()) for _, row in rows]
+    n = len(rows)
+    while n and blank[n - 1]:
+        n -= 1
+    notes = ()
+    if n < len(rows):
+        hint = " (write a missing last value as NA)" if len(header) == 1 else ""
+        notes = (f"{path}: skipped {len(rows) - n} blank line(s) at the end of the file{hint}",)
+        warnings.warn(notes[0], stacklevel=3)
+    pairs = zip(rows[:n], blank[:n], strict=True)
+    rows = [(line, [""] * len(header) if b else row) for (line, row), b in pairs]
+    if not rows:
+        raise ValueError(f"{path}: needs a header row and at least one data row")
+    for line, row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} cells, header has {len(header)}")
+    return header, rows, notes
 
 
 def _number(cell: str, path: Path, lineno: int, column: str) -> float:

@@ -1,12 +1,15 @@
-"""ssd (Mamba-2): chunked algorithm against the loop, and against selective_scan."""
+"""ssd (Mamba-2): every registered backend against the loop, and against selective_scan."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ssmkit.ops import selective_scan, ssd
+from ssmkit.ops import registry, selective_scan, ssd
+from ssmkit.ops.ssd import ssd_chunked
 from ssmkit.testing import assert_close, grads, randn
+
+FAST = [b.name for b in registry.backends("ssd", "cpu") if b.name != "ref"]
 
 
 def problem(b=2, l=13, h=4, p=3, n=5, g=2, dtype=torch.float64, seed=0):
@@ -29,18 +32,63 @@ def call(backend, chunk):
     return f
 
 
-@pytest.mark.parametrize("L", [1, 7, 63, 200])
-@pytest.mark.parametrize("chunk", [1, 7, 16, 64])
-def test_chunked_matches_ref_outputs_states_and_gradients(L, chunk):
+LENGTHS_AND_CHUNKS = [
+    *[(L, chunk) for L in (1, 7, 63, 200) for chunk in (1, 7, 16, 64)],
+    (1000, 7),
+    (1000, 64),
+]
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize(("L", "chunk"), LENGTHS_AND_CHUNKS)
+def test_backend_matches_ref_outputs_states_and_gradients(backend, L, chunk):
     inputs = [x.requires_grad_(True) for x in problem(l=L, seed=L)]
     y_ref, h_ref = call("ref", chunk)(*inputs)
-    y, h = call("chunked", chunk)(*inputs)
+    y, h = call(backend, chunk)(*inputs)
     assert_close(y, y_ref)
     assert_close(h, h_ref)
     for a, b in zip(
-        grads(call("chunked", chunk), inputs), grads(call("ref", chunk), inputs), strict=True
+        grads(call(backend, chunk), inputs), grads(call("ref", chunk), inputs), strict=True
     ):
         assert_close(a, b)
+
+
+def test_auto_picks_chunked_on_cpu():
+    assert registry.resolve("ssd", "auto", "cpu").name == "chunked"
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("output", [0, 1])
+def test_gradient_through_one_output_only(backend, output):
+    """Only y or only the final state reaches the loss: the other's gradient is zero."""
+    inputs = [x.requires_grad_(True) for x in problem(l=19, seed=3)]
+
+    def one(backend):
+        return lambda *t: call(backend, 8)(*t)[output]
+
+    for a, b in zip(grads(one(backend), inputs), grads(one("ref"), inputs), strict=True):
+        assert_close(a, b)
+
+
+@pytest.mark.parametrize("with_reset", [False, True])
+def test_chunked_function_gradcheck(with_reset):
+    """float64 gradcheck of the hand-written backward: groups, padding, resets, h0."""
+    x, dt, A, B, C, _, _, _, h0 = problem(b=2, l=9, h=4, p=2, n=3, g=2, seed=4)
+    delta = torch.nn.functional.softplus(dt)
+    keep = None
+    if with_reset:
+        keep = torch.ones(2, 9, dtype=torch.float64)
+        keep[0, 3] = keep[1, 4] = keep[1, 5] = 0.0
+    inputs = [t.requires_grad_(True) for t in (x, delta, A, B, C, h0)]
+    assert torch.autograd.gradcheck(lambda *t: ssd_chunked(*t, keep, chunk_size=4), inputs)
+
+
+def test_chunked_twice_differentiated_is_a_clear_error():
+    x, dt, A, B, C, D, z, bias, h0 = [t.requires_grad_(True) for t in problem(l=5)]
+    y = ssd(x, dt, A, B, C, 4, D, z, bias, True, h0, backend="chunked")
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
 
 
 def test_chunk_of_whole_length_and_per_channel_D():
@@ -115,7 +163,7 @@ def test_bad_inputs_raise(index, value, match):
         ssd(*inputs[:5], 8, *inputs[5:8], True, inputs[8])
 
 
-@pytest.mark.parametrize("backend", ["ref", "chunked"])
+@pytest.mark.parametrize("backend", ["ref", *FAST])
 @pytest.mark.parametrize("chunk", [4, 16, 64])
 def test_packed_sequences_reset_the_state(backend, chunk):
     x, dt, A, B, C, D, z, bias, h0 = [t.requires_grad_(True) for t in problem(b=1, l=50)]

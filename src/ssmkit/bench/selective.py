@@ -1,4 +1,4 @@
-"""Benchmark suite ``selective``: the selective scan's backends against its loop definition.
+"""Benchmark suites ``selective`` and ``ssd``: backends against their loop definitions.
 
 Also times mambapy's parallel scan (``pscan``) on the same problem when mambapy is installed
 (it materialises the (b, l, d, n) decays and inputs, as its Mamba does), and prints a floor:
@@ -7,9 +7,15 @@ the time to stream the inputs and outputs once at the machine's measured copy ba
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -52,12 +58,18 @@ def selective_cases(s: Settings) -> Iterator[list[Row]]:
 
 
 def ssd_cases(s: Settings) -> Iterator[list[Row]]:
-    """Mamba-2's SSD: the chunked algorithm against its loop definition."""
+    """Mamba-2's SSD: the backends against the loop definition and mamba_ssm's ``ssd_minimal``.
+
+    The peer row loads ``mamba_ssm/modules/ssd_minimal.py`` from the checkout named by the
+    environment variable ``SSMKIT_PEER_MAMBA`` (it needs einops); without it the row says why
+    it was skipped.
+    """
     shapes = {
         "tiny": [(1, 64, 2, 8, 8)],
         "default": [(1, 1024, 24, 64, 128)],
         "full": [(1, 4096, 24, 64, 128)],
     }[s.size]
+    peer, why = _peer_ssd_minimal()
     for b, l, h, p, n in shapes:
         case = f"b={b} l={l} h={h} p={p} n={n}"
         g = torch.Generator().manual_seed(0)
@@ -71,11 +83,65 @@ def ssd_cases(s: Settings) -> Iterator[list[Row]]:
             fn = partial(_run_ssd, backend, x, dt, A, B, C)
             name = "ref: sequential loop" if backend == "ref" else backend
             rows.append(_measure("ssd", case, name, fn, [x, dt, A, B, C], s))
+        if peer is None:
+            rows.append(Row("ssd", case, PEER, float("nan"), None, None, note=why))
+        else:
+            fn = partial(_run_ssd_minimal, peer, x, dt, A, B, C)
+            rows.append(_measure("ssd", case, PEER, fn, [x, dt, A, B, C], s))
+            rows[-1].note = "peer: " + _versus(rows[-1], rows[-2])
         yield _with_speedups(rows)
 
 
+PEER = "mamba_ssm ssd_minimal"
+SSD_CHUNK = 64  # chunk size of every SSD row, ours and the peer's
+
+
 def _run_ssd(backend: str, x, dt, A, B, C) -> Tensor:
-    return ssd(x, dt, A, B, C, 64, dt_softplus=True, backend=backend)
+    return ssd(x, dt, A, B, C, SSD_CHUNK, dt_softplus=True, backend=backend)
+
+
+def _run_ssd_minimal(ssd_minimal: Callable, x, dt, A, B, C) -> Tensor:
+    """The same problem through mamba_ssm's reference: it takes delta x and delta A, and B, C
+    per head (expanded views of the shared group)."""
+    delta = torch.nn.functional.softplus(dt)  # (b, l, h)
+    heads = (*x.shape[:3], B.shape[-1])
+    y, _ = ssd_minimal(
+        x * delta.unsqueeze(-1), A * delta, B.expand(heads), C.expand(heads), SSD_CHUNK
+    )
+    return y
+
+
+def _versus(peer: Row, ours: Row) -> str:
+    """How many times faster ``ours`` is than the peer, forward and forward+backward."""
+    pairs = (("fwd", peer.fwd_ms, ours.fwd_ms), ("fwd+bwd", peer.fwd_bwd_ms, ours.fwd_bwd_ms))
+    ratios = [f"{what} {a / b:.1f}x" for what, a, b in pairs if a and b]
+    return f"{ours.impl} speed-up over it: " + ", ".join(ratios)
+
+
+def _peer_ssd_minimal() -> tuple[Callable | None, str]:
+    """``ssd_minimal_discrete`` from the mamba checkout at $SSMKIT_PEER_MAMBA, or why not.
+
+    The file imports mamba_ssm's Triton kernel at module level, for its own self-test only;
+    it is loaded by path with a placeholder for that one module, so neither Triton nor the
+    mamba_ssm package (CUDA extensions) is needed. The placeholder is removed afterwards.
+    """
+    root = os.environ.get("SSMKIT_PEER_MAMBA")
+    if not root:
+        return None, "skipped: set SSMKIT_PEER_MAMBA"
+    path = Path(root) / "mamba_ssm" / "modules" / "ssd_minimal.py"
+    if not path.is_file():
+        return None, f"skipped: no {path}"
+    if importlib.util.find_spec("einops") is None:
+        return None, "skipped: ssd_minimal needs einops"
+    kernel = "mamba_ssm.ops.triton.ssd_combined"
+    placeholder = types.ModuleType(kernel)
+    placeholder.mamba_chunk_scan_combined = None  # the GPU kernel, unused here
+    spec = importlib.util.spec_from_file_location("_ssmkit_peer_ssd_minimal", path)
+    module = importlib.util.module_from_spec(spec)
+    with mock.patch.dict(sys.modules, {kernel: placeholder}):
+        spec.loader.exec_module(module)
+    fn = getattr(module, "ssd_minimal_discrete", None)
+    return (fn, "") if fn is not None else (None, f"skipped: no ssd_minimal_discrete in {path}")
 
 
 def _run(backend: str, u, dt, A, B, C, D) -> Tensor:

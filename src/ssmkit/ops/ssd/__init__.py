@@ -1,7 +1,9 @@
 """Mamba-2's SSD operator (scalar A per head, grouped B/C) with registered backends.
 
-Backends: ``ref`` (the loop, :mod:`.ref`) and ``chunked`` (the SSD chunked algorithm,
-:mod:`.chunked`). The public function applies dt_bias/softplus, D and the z gate once.
+Backends: ``ref`` (the loop, :mod:`.ref`, differentiable any number of times) and ``chunked``
+(the SSD chunked algorithm with a hand-written backward, :mod:`.chunked`, differentiable once;
+"auto" picks it on every device). The public function applies dt_bias/softplus, D and the z
+gate once.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ __all__ = ["ssd", "ssd_chunked", "ssd_ref"]
 
 registry.register("ssd", "ref", ssd_ref, priority=0, description="loop (definition)")
 registry.register(
-    "ssd", "chunked", ssd_chunked, priority=10, description="SSD chunked algorithm (matmuls)"
+    "ssd",
+    "chunked",
+    ssd_chunked,
+    priority=10,
+    description="SSD chunked algorithm: batched matmuls, hand-written backward",
 )
 
 

@@ -3,6 +3,7 @@ tasks rebuilt at other lengths keep their meaning; eval --task.FIELD and extrapo
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,25 @@ def test_extrapolate_refuses_tasks_without_generated_lengths(tmp_path):
     loaded = LoadedRun(tmp_path, run, task, build_model(run, task.spec))
     with pytest.raises(ValueError, match="no length setting"):
         extrapolate(loaded, [64], n=2)
+
+
+def test_cli_extrapolate_compare_tables_several_reports(tmp_path, capsys):
+    paths = []
+    for layer in ("s4d", "mamba"):
+        run_dir = _train_tiny(tmp_path, layer)
+        out = tmp_path / f"rep-{layer}"
+        assert main(["extrapolate", str(run_dir), "--lengths", "16", "32", "--n", "2",
+                     "--chunk", "16", "--out", str(out), "--no-plot"]) == 0  # fmt: skip
+        paths.append(str(out / "extrapolation.json"))
+    out = tmp_path / "cmp"
+    assert main(["extrapolate-compare", *paths, "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text().splitlines()
+    assert table[2] == "| model | trained at | 16 | 32 |"
+    assert table[4].startswith("| s4d | 16 | ") and table[5].startswith("| mamba | 16 | ")
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    other = json.loads(Path(paths[0]).read_text())
+    other["task"] = "mqar"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(other))
+    assert main(["extrapolate-compare", paths[1], str(bad), "--out", str(out)]) == 2
+    assert "cannot be compared" in capsys.readouterr().err

@@ -29,8 +29,16 @@ def _cmd_extrapolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ssmkit.train.extrapolate import compare
+
+    for path in compare([Path(p) for p in args.reports], Path(args.out), plot=not args.no_plot):
+        print(f"wrote {path}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``extrapolate`` to the ``ssmkit`` command."""
+    """Add ``extrapolate`` and ``extrapolate-compare`` to the ``ssmkit`` command."""
     ex = sub.add_parser(
         "extrapolate",
         help="accuracy of a trained run at other sequence lengths (chunked, state passing)",
@@ -53,3 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--out", help="directory of the report (default: the run directory)")
     ex.add_argument("--no-plot", action="store_true", help="skip extrapolation.png")
     ex.set_defaults(fn=_cmd_extrapolate)
+
+    cmp = sub.add_parser(
+        "extrapolate-compare",
+        help="one table and plot of several extrapolation.json reports (same task)",
+    )
+    cmp.add_argument("reports", nargs="+", help="extrapolation.json files")
+    cmp.add_argument("--out", required=True, help="directory of comparison.md and .png")
+    cmp.add_argument("--no-plot", action="store_true", help="skip comparison.png")
+    cmp.set_defaults(fn=_cmd_compare)

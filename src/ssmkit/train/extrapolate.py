@@ -169,7 +169,7 @@ def write_report(report: dict, out_dir: Path, plot: bool = True) -> list[Path]:
     if plot:
         from ssmkit.train.plots import pyplot
 
-        paths.append(_plot(pyplot(), report, out_dir / REPORT[2]))
+        paths.append(_plot(pyplot(), [report], out_dir / REPORT[2]))
     return paths
 
 
@@ -191,24 +191,68 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(plt, report: dict, path: Path) -> Path:
-    field, metric = report["length_field"], report["metric"]
-    xs = [r[field] for r in report["results"]]
-    ys = [r[metric] for r in report["results"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(xs, ys, marker="o", label=report["layer"])
-    ax.axvline(report["trained_length"], color="grey", linestyle="--", label="training length")
+def _plot(plt, reports: Sequence[dict], path: Path) -> Path:
+    """Metric against length (log axis) for one or several reports of the same task."""
+    first = reports[0]
+    field, metric = first["length_field"], first["metric"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for report in reports:
+        xs = [r[field] for r in report["results"]]
+        ys = [r[metric] for r in report["results"]]
+        ax.plot(xs, ys, marker="o", label=report.get("label", report["layer"]))
+    for trained in sorted({r["trained_length"] for r in reports}):
+        ax.axvline(trained, color="grey", linestyle="--", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"{field} (log scale)")
+    ax.set_xlabel(f"{field} (log scale; dashed: training length)")
     ax.set_ylabel(f"test {metric}")
     if metric.endswith("accuracy"):
         ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{report['task']}: {report['layer']} at other lengths")
-    ax.legend()
+    ax.set_title(f"{first['task']} at other lengths")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def compare(paths: Sequence[Path], out_dir: Path, plot: bool = True) -> list[Path]:
+    """One table (``comparison.md``) and one plot (``comparison.png``) of several reports.
+
+    The reports must be of the same task and length field; each is labelled by its layer,
+    or by its directory's name when two share a layer (seeds).
+    """
+    reports = [load_report(p) for p in paths]
+    if not reports:
+        raise ValueError("compare needs at least one extrapolation.json")
+    keys = {(r["task"], r["length_field"], r["metric"]) for r in reports}
+    if len(keys) > 1:
+        raise ValueError(f"reports of different tasks or metrics cannot be compared: {keys}")
+    layers = [r["layer"] for r in reports]
+    for path, report in zip(paths, reports, strict=True):
+        dup = layers.count(report["layer"]) > 1
+        report["label"] = Path(path).parent.name if dup else report["layer"]
+    field, metric = reports[0]["length_field"], reports[0]["metric"]
+    lengths = sorted({r[field] for rep in reports for r in rep["results"]})
+    head = " | ".join(f"{L:,}" for L in lengths)
+    lines = [
+        f"{reports[0]['task']}: test {metric} by {field}",
+        "",
+        f"| model | trained at | {head} |",
+        "|---|---:|" + "---:|" * len(lengths),
+    ]
+    for rep in reports:
+        by_len = {r[field]: r[metric] for r in rep["results"]}
+        cells = " | ".join(f"{by_len[L]:.3f}" if L in by_len else "-" for L in lengths)
+        lines.append(f"| {rep['label']} | {rep['trained_length']} | {cells} |")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "comparison.md"]
+    written[0].write_text("\n".join(lines) + "\n")
+    if plot:
+        from ssmkit.train.plots import pyplot
+
+        written.append(_plot(pyplot(), reports, out_dir / "comparison.png"))
+    return written
 
 
 def load_report(path: Path) -> dict:

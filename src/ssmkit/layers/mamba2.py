@@ -31,6 +31,7 @@ from ssmkit.layers.base import (
 from ssmkit.layers.conv1d import CausalConv1d
 from ssmkit.layers.norms import RMSNorm
 from ssmkit.ops import ssd
+from ssmkit.ops.ssd.ref import ssd_ref
 
 Tensor = torch.Tensor
 
@@ -138,9 +139,13 @@ class Mamba2(SequenceLayer):
         """One token: x_t (b, d) -> y_t (b, d) and the next state."""
         x_t = check_step_input(x_t, self.d_model)
         self._check_state(state, x_t.shape[0])
+        return self._step_unchecked(x_t, state)
+
+    def _step_unchecked(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
+        """:meth:`step` without validating its arguments, for callers that built them."""
         z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], -1)
         xBC, conv = self.conv1d.step(xBC, state.conv)
-        y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt.unsqueeze(1), state.ssm, None, "ref")
+        y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt.unsqueeze(1), state.ssm, None, "step")
         return self.out_proj(self.norm(y[:, 0], z)), Mamba2State(conv, h)
 
     def _ssm(self, xBC, dt, h0, mask, backend=None, reset=None):
@@ -151,6 +156,15 @@ class Mamba2(SequenceLayer):
             delta = F.softplus(dt.to(work) + self.dt_bias.to(work)).clamp(*self.dt_limit)
             if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
                 delta = delta * mask
+            if backend == "step":  # one token, checked state: the loop definition directly
+                x = xs.to(work).unflatten(-1, (self.nheads, self.headdim))  # (b, 1, h, p)
+                y, h = ssd_ref(
+                    x, delta, -torch.exp(self.A_log.to(work)),
+                    B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
+                    C.to(work).unflatten(-1, (self.ngroups, self.d_state)), h0.to(work),
+                )  # fmt: skip
+                y = y + self.D.to(work).unsqueeze(-1) * x  # the skip term D x
+                return y.flatten(-2).to(xs.dtype), h
             y, h = ssd(
                 xs.to(work).unflatten(-1, (self.nheads, self.headdim)), delta,
                 -torch.exp(self.A_log.to(work)),

@@ -77,7 +77,8 @@ class MambaBlock(nn.Module):
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         residual = x_t.float() if self.residual_in_fp32 else x_t
-        y, state = self.mixer.step(self.norm(x_t), state)
+        self.mixer._check_state(state, x_t.shape[0])  # shapes only; x_t is the model's own
+        y, state = self.mixer._step_unchecked(self.norm(x_t), state)
         return (residual + y).to(x_t.dtype), state
 
 

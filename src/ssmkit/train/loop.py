@@ -22,7 +22,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssmkit import data
 from ssmkit.core.params import param_groups
+from ssmkit.layers.mamba import Mamba
 from ssmkit.models.sequence import IOSpec, SequenceModel
+from ssmkit.ops.selective_scan import cpu_numba
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train import distributed
 from ssmkit.train.config import RunConfig, TrainConfig
@@ -231,6 +233,11 @@ def train(
             ckpt.save_checkpoint(run_dir, model, optimizer, dict(state))
         distributed.barrier(dist)
 
+    if device.type == "cpu" and any(isinstance(m, Mamba) for m in model.modules()):
+        # the numba kernels compile in the background on first use, the first calls running
+        # other backends meanwhile: training waits for them, so every step uses one backend
+        # (bit-for-bit resume)
+        cpu_numba.warm_up(torch.float32, wait=True)
     t_start = time.perf_counter() - state["elapsed"]
     net.train()
     with _Signals() as signals:

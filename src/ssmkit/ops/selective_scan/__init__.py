@@ -2,6 +2,9 @@
 
 Backends: ``ref`` (the loop, :mod:`.ref`), ``chunked`` (pure PyTorch, chunk by chunk with
 recomputation), ``numba`` (fused CPU kernels, when numba is installed: extra ``fast``).
+``"auto"`` runs ``ref`` (small problems) or ``chunked`` until the numba kernels for the dtype
+are compiled, which it starts in a background thread on its first call
+(:func:`cpu_numba.warm_up`; call it with ``wait=True`` to have them before timing anything).
 The public function handles dt_bias/softplus, D and the z gate once, for every backend.
 """
 
@@ -18,6 +21,10 @@ from ssmkit.ops.selective_scan.ref import delta_of, finish, selective_scan_ref
 Tensor = torch.Tensor
 
 __all__ = ["selective_scan", "selective_scan_chunked", "selective_scan_ref"]
+
+# "auto" before the numba kernels are ready: the loop up to this many l * b * d * n (its
+# backward keeps every state: 16 MiB in float32), chunked beyond
+COLD_REF_MAX = 2**22
 
 registry.register(
     "selective_scan", "ref", selective_scan_ref, priority=0, description="loop (definition)"
@@ -79,6 +86,11 @@ def selective_scan(
     h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
     delta = delta_of(dt, dt_bias, dt_softplus)
     impl = registry.resolve("selective_scan", backend, u.device)
+    if backend == "auto" and impl.name == "numba" and not cpu_numba.ready(dtype):
+        cpu_numba.warm_up(dtype, wait=False)  # compile in the background (cold start)
+        # meanwhile: the loop for small problems (chunked's checkpointing imports dynamo, s)
+        small = u.shape[1] * b * d * n <= COLD_REF_MAX
+        impl = registry.resolve("selective_scan", "ref" if small else "chunked", u.device)
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, u.shape[1]))
     args = [x.to(dtype) for x in (u, delta, A, B4, C4, h0)]
     y, h_last = impl.fn(*args, None if keep is None else keep.to(dtype))

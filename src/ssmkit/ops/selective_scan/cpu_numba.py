@@ -19,6 +19,8 @@ same bit for bit on every run.
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ try:
     from numba import njit, prange
     from numba.core import cgutils, types
     from numba.extending import intrinsic, overload
+    from numba.np.ufunc import parallel as numba_parallel
 except ImportError:  # the backend is optional (extra "fast")
     numba = None
 
@@ -282,10 +285,67 @@ def _np(x: Tensor) -> np.ndarray:
     return x.detach().contiguous().numpy()
 
 
+# numba's default threading layer on Linux is OpenMP through the system's libgomp, a second
+# OpenMP runtime beside PyTorch's: after one kernel call, PyTorch's own ops ran 7-500x slower
+# (a 2M-element multiply 16 ms instead of 2 ms, a 24k-element exp 15 ms instead of 30 us),
+# which made whole models on CPU slow. numba's built-in work queue has no such effect; it
+# must not be entered by two threads at once, hence the lock around every launch. A layer
+# chosen through NUMBA_THREADING_LAYER is respected.
+_LAUNCH = threading.Lock()
+
+
+def _pick_threading_layer() -> None:
+    started = getattr(numba_parallel, "_is_initialized", True)
+    if "NUMBA_THREADING_LAYER" not in os.environ and not started:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
 def _threads() -> int:
+    _pick_threading_layer()
     n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
+
+
+# Cold start: compiling both kernels for one dtype takes tens of seconds (parallel loops);
+# cache=True keeps them on disk afterwards (in __pycache__ next to this file, or numba's
+# user-wide cache directory where that is read-only). ``backend="auto"`` does not wait for
+# it: its first calls run the chunked backend while a thread compiles (or loads) the kernels.
+_WARMING: dict[torch.dtype, threading.Thread] = {}
+_WARM_LOCK = threading.Lock()
+
+
+def ready(dtype: torch.dtype) -> bool:
+    """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
+    if numba is None:
+        return False
+    want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
+    return all(any(sig[0].dtype == want for sig in k.signatures) for k in (_fwd, _bwd))
+
+
+def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
+    """Compile (or load from the cache) the kernels for ``dtype`` by running a tiny problem;
+    ``wait=False`` does it in a background thread and returns at once."""
+    if numba is None or ready(dtype):
+        return
+    with _WARM_LOCK:
+        thread = _WARMING.get(dtype)
+        if thread is None:
+            thread = threading.Thread(target=_tiny_run, args=(dtype,), daemon=True)
+            _WARMING[dtype] = thread
+            thread.start()
+    if wait:
+        thread.join()
+
+
+def _tiny_run(dtype: torch.dtype) -> None:
+    """Forward and backward on a (1, 2, 1, 1) problem: the argument types of every real call
+    (C-contiguous arrays of this dtype), so numba compiles exactly the kernels used."""
+    u = torch.ones(1, 2, 1, dtype=dtype, requires_grad=True)
+    A = -torch.ones(1, 1, dtype=dtype)
+    B = torch.ones(1, 2, 1, 1, dtype=dtype)
+    y, _ = selective_scan_numba(u, u.detach(), A, B, B, torch.zeros(1, 1, 1, dtype=dtype))
+    y.sum().backward()
 
 
 class NumbaSelectiveScan(torch.autograd.Function):
@@ -302,7 +362,8 @@ class NumbaSelectiveScan(torch.autograd.Function):
         hlast = np.empty((b, d, n), dtype=y.dtype)
         ckpt = np.empty((b, -(-L // CHUNK), n, d), dtype=y.dtype)
         args = (_np(u), _np(delta), At, _np(B), _np(C), _np(h0), _np(keep), tiles)
-        _fwd(*args, y, hlast, ckpt, CHUNK)
+        with _LAUNCH:
+            _fwd(*args, y, hlast, ckpt, CHUNK)
         ctx.save_for_backward(u, delta, A, B, C, keep, torch.from_numpy(ckpt))
         return torch.from_numpy(y), torch.from_numpy(hlast)
 
@@ -324,10 +385,11 @@ class NumbaSelectiveScan(torch.autograd.Function):
         dA_b = np.empty((b, d, n), dtype)
         dB_blk = np.zeros((blocks, *B.shape), dtype)
         dC_blk = np.zeros((blocks, *C.shape), dtype)
-        _bwd(
-            _np(u), _np(delta), _scaled_At(A), _np(B), _np(C), _np(keep), tiles, bounds,
-            _np(ckpt), dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK,
-        )  # fmt: skip
+        with _LAUNCH:
+            _bwd(
+                _np(u), _np(delta), _scaled_At(A), _np(B), _np(C), _np(keep), tiles, bounds,
+                _np(ckpt), dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK,
+            )  # fmt: skip
         t = torch.from_numpy
         grads = (t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0))
         return (*grads, None)

@@ -1,0 +1,241 @@
+"""Benchmark suite ``e2e``: whole Mamba / Mamba-2 language models against transformers.
+
+Both sides get the SAME weights: a randomly initialised transformers model is saved with
+``save_pretrained`` and read back by :func:`ssmkit.models.load_pretrained`.
+
+* Training step (forward, next-token cross-entropy, backward) of ``MambaForCausalLM`` (with
+  ``use_mambapy=True``, its CPU training path) and ``Mamba2ForCausalLM`` (torch path)
+  against ssmkit's ``MambaLM``; the implementations alternate within each repetition, so a
+  shared machine's load hits both alike. ``fwd ms`` is the forward + loss part of the step.
+* Greedy decoding through ``generate``: ms per new token, and a floor: streaming every
+  parameter once per token at the measured memory copy bandwidth.
+
+The ``x ref`` columns hold the speed-up over transformers (> 1: ssmkit is faster).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmkit.bench.suites import Row, Settings
+from ssmkit.models import load_pretrained
+from ssmkit.ops.selective_scan import cpu_numba
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """One model size of the suite (transformers' config names)."""
+
+    hidden_size: int  # d_model
+    num_hidden_layers: int  # n_layer
+    vocab_size: int
+    state_size_v2: int  # Mamba-2 state size N (Mamba-1 keeps 16)
+    head_dim: int  # Mamba-2 channels P per head
+    chunk_size: int  # Mamba-2 SSD chunk length
+
+
+TRAIN = {  # (model, batch, length)
+    "tiny": (LMShape(32, 2, 64, 16, 16, 16), 1, 32),
+    "default": (LMShape(128, 2, 1024, 64, 64, 128), 2, 256),
+    "full": (LMShape(256, 4, 1024, 128, 64, 256), 4, 1024),
+}
+DECODE = {  # (model, prompt length, new tokens)
+    "tiny": (LMShape(32, 2, 64, 16, 16, 16), 4, 4),
+    "default": (LMShape(256, 4, 8192, 64, 64, 64), 8, 16),
+    "full": (LMShape(768, 24, 50280, 128, 64, 256), 8, 32),
+}
+
+
+def e2e_cases(s: Settings) -> Iterator[list[Row]]:
+    """Training steps first, then decoding; one case per model version."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise RuntimeError("the e2e suite compares against transformers: pip install it") from e
+    # its notes (no CUDA kernels: reference paths) and progress bars would break the table
+    verbosity = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield from _cases(s)
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
+def _cases(s: Settings) -> Iterator[list[Row]]:
+    cpu_numba.warm_up(torch.float32)  # time the kernels, not their compilation
+    shape, batch, length = TRAIN[s.size]
+    for version in (1, 2):
+        yield _train_case(version, shape, batch, length, s)
+    shape, prompt, new = DECODE[s.size]
+    for version in (1, 2):
+        yield _decode_case(version, shape, prompt, new, s)
+
+
+def hf_pair(version: int, shape: LMShape) -> tuple[nn.Module, nn.Module]:
+    """(transformers model, ssmkit MambaLM) with the same random weights, float32."""
+    import transformers
+
+    common = dict(
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, expand=2, conv_kernel=4,
+        num_hidden_layers=shape.num_hidden_layers, tie_word_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if version == 1:
+        cfg = transformers.MambaConfig(state_size=16, use_mambapy=True, **common)
+        hf = transformers.MambaForCausalLM(cfg)
+    else:
+        cfg = transformers.Mamba2Config(
+            state_size=shape.state_size_v2, head_dim=shape.head_dim, n_groups=1,
+            num_heads=2 * shape.hidden_size // shape.head_dim, chunk_size=shape.chunk_size,
+            **common,
+        )  # fmt: skip
+        hf = transformers.Mamba2ForCausalLM(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = load_pretrained(tmp)
+    return hf.float(), ours
+
+
+def _loss(logits: Tensor, ids: Tensor) -> Tensor:
+    """Next-token cross-entropy of logits (b, l, v) against ids (b, l)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+
+
+def _ours_logits(model: nn.Module, ids: Tensor) -> Tensor:
+    return model(ids)[0]
+
+
+def _hf_logits(model: nn.Module, ids: Tensor) -> Tensor:
+    return model(ids, use_cache=False).logits
+
+
+def _train_case(version: int, shape: LMShape, batch: int, length: int, s: Settings) -> list[Row]:
+    hf, ours = hf_pair(version, shape)
+    hf.train()
+    ours.train()
+    ids = torch.randint(0, shape.vocab_size, (batch, length), generator=torch.Generator())
+    impls: dict[str, tuple[nn.Module, Callable[[nn.Module, Tensor], Tensor]]] = {
+        "ssmkit MambaLM": (ours, _ours_logits),
+        _hf_name(version): (hf, _hf_logits),
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in impls}
+    losses: dict[str, float] = {}
+    for rep in range(s.repeat + 1):  # the first round warms up (numba compiles, caches fill)
+        for name, (model, logits_of) in impls.items():
+            model.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = _loss(logits_of(model, ids), ids)
+            mid = time.perf_counter()
+            loss.backward()
+            end = time.perf_counter()
+            losses[name] = float(loss.detach())
+            if rep:
+                times[name].append((mid - start, end - start))
+    case = (
+        f"Mamba{'-2' if version == 2 else ''} train {shape.num_hidden_layers}x"
+        f"{shape.hidden_size} b={batch} l={length}"
+    )
+    return _rows(case, times, batch * length, losses, "loss")
+
+
+def _decode_case(version: int, shape: LMShape, prompt_len: int, new: int, s: Settings) -> list[Row]:
+    hf, ours = hf_pair(version, shape)
+    hf.eval()
+    ours.eval()
+    prompt = torch.randint(0, shape.vocab_size, (1, prompt_len), generator=torch.Generator())
+    hf.generation_config.eos_token_id = None  # ours decodes `new` tokens whatever they are
+    runs = {
+        "ssmkit MambaLM.generate": lambda: ours.generate(prompt, new, greedy=True),
+        _hf_name(version) + ".generate": lambda: hf.generate(
+            prompt, max_new_tokens=new, do_sample=False
+        ),
+    }
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    outs: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for rep in range(s.repeat + 1):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                outs[name] = fn()
+                per_token = (time.perf_counter() - start) / new
+                if rep:
+                    times[name].append((per_token, per_token))
+    same = all(torch.equal(o, next(iter(outs.values()))) for o in outs.values())
+    case = (
+        f"Mamba{'-2' if version == 2 else ''} decode {shape.num_hidden_layers}x{shape.hidden_size}"
+    )
+    rows = _rows(case, times, 1, None, "")
+    for r in rows:
+        r.fwd_bwd_ms, r.speedup_bwd = None, None
+    rows[0].note += f", same tokens as transformers: {'yes' if same else 'no'}"
+    rows.append(_floor_row(case, ours, rows[0].fwd_ms))
+    return rows
+
+
+def _hf_name(version: int) -> str:
+    return "transformers MambaForCausalLM" if version == 1 else "transformers Mamba2ForCausalLM"
+
+
+def _rows(
+    case: str,
+    times: dict[str, list[tuple[float, float]]],
+    tokens: int,
+    losses: dict[str, float] | None,
+    what: str,
+) -> list[Row]:
+    """Medians per implementation; the first is ssmkit, the last transformers (the baseline)."""
+    rows = []
+    for name, ts in times.items():
+        fwd = statistics.median(t[0] for t in ts) * 1e3
+        step = statistics.median(t[1] for t in ts) * 1e3
+        rows.append(Row("e2e", case, name, fwd, step, None))
+        rows[-1].note = f"{tokens / step * 1e3:.1f} tokens/s"
+    base = rows[-1]
+    for r in rows:
+        r.speedup = base.fwd_ms / r.fwd_ms
+        r.speedup_bwd = base.fwd_bwd_ms / r.fwd_bwd_ms
+    if losses:
+        first, *others = losses.values()
+        diff = max(abs(first - o) for o in others)
+        rows[0].note += f", |{what} - transformers'| = {diff:.1e}"
+    return rows
+
+
+def copy_bandwidth(mib: int = 256, repeat: int = 5) -> float:
+    """Memory copy bandwidth in bytes/s (read + write), the median of ``repeat`` copies."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - start)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def _floor_row(case: str, model: nn.Module, ours_ms: float) -> Row:
+    """Every parameter read once per token (tied matrices once) at the copy bandwidth."""
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = copy_bandwidth()
+    ms = nbytes / bandwidth * 1e3
+    row = Row("e2e", case, "floor: weights streamed once", ms, None, None)
+    row.note = (
+        f"{nbytes / 2**20:.0f} MiB at {bandwidth / 1e9:.1f} GB/s = {1e3 / ms:.1f} tokens/s; "
+        f"ssmkit reaches {ms / ours_ms:.0%} of it"
+    )
+    return row

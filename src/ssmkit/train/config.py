@@ -100,6 +100,18 @@ RECOMMENDED: dict[str, Settings] = {
     "digits": {"train": {"epochs": 30, "lr": 1e-2}},  # S4D: 98.1% test in 42 s on 2 cores
     "digits-permuted": {"train": {"epochs": 30, "lr": 1e-2}},
     "mnist1d": {"train": {"epochs": 30, "lr": 1e-2}},
+    # Mamba Table 2's model (2 layers, d_model 64) at the default length 64: Mamba reached
+    # 99.8% validation accuracy after 625 steps and 100% after 1250 (README, Long sequences)
+    "induction-heads": {
+        "task": {"n_train": 20000, "n_val": 500},
+        "model": {"n_layers": 2, "d_model": 64, "d_state": 16},
+        "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "warmup_steps": 100},
+    },
+    # Mamba Table 1's model (2 layers, d_model 64, N 16); measured 99.96% token accuracy
+    "selective-copying": {
+        "model": {"n_layers": 2, "d_model": 64, "d_state": 16},
+        "train": {"epochs": 20},
+    },
 }
 
 # Layer-specific exceptions (measured): LRU sits on its initial plateau at lr 1e-2 on digits.

@@ -104,10 +104,11 @@ def test_vandermonde_float32_at_16384():
 
 @pytest.mark.parametrize("L", LENGTHS)
 @pytest.mark.parametrize("r", [1, 2])
-def test_cauchy_dplr_equals_dense_powering(L, r):
+@pytest.mark.parametrize("backend", ["ref", "adjoint"])
+def test_cauchy_dplr_equals_dense_powering(L, r, backend):
     Lam, P, Q, B, C, dt = dplr_system(r=r)
     Ct = dplr_c_tilde(Lam, P, Q, C, dt, L)
-    K = kernel_dplr(Lam, P, Q, B, Ct, dt, L)
+    K = kernel_dplr(Lam, P, Q, B, Ct, dt, L, backend=backend)
     assert K.shape == (2, L)
     assert_close(K, dense_reference_dplr(Lam, P, Q, B, C, dt, L), atol=1e-9)
 
@@ -148,11 +149,13 @@ def test_dplr_hippo_legs_kernel():
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_dplr_chunk_sizes_agree(chunk):
+@pytest.mark.parametrize("backend", ["ref", "adjoint"])
+def test_dplr_chunk_sizes_agree(chunk, backend):
     Lam, P, Q, B, C, dt = dplr_system()
     Ct = dplr_c_tilde(Lam, P, Q, C, dt, 64)
     assert_close(
-        kernel_dplr(Lam, P, Q, B, Ct, dt, 64, chunk=chunk), kernel_dplr(Lam, P, Q, B, Ct, dt, 64)
+        kernel_dplr(Lam, P, Q, B, Ct, dt, 64, chunk=chunk, backend=backend),
+        kernel_dplr(Lam, P, Q, B, Ct, dt, 64),
     )
 
 
@@ -175,14 +178,15 @@ def test_gradients_match_dense_reference():
         assert_close(g, g_ref)
 
 
-def test_dplr_gradients_match_dense_reference():
+@pytest.mark.parametrize("backend", ["ref", "adjoint"])
+def test_dplr_gradients_match_dense_reference(backend):
     Lam, P, Q, B, C, dt = dplr_system(h=1, n=3)
     L = 16
     Ct = dplr_c_tilde(Lam, P, Q, C, dt, L)
     inputs = [x.clone().requires_grad_() for x in (Lam, P, Ct)]
 
     def fast(Lam, P, Ct):
-        return kernel_dplr(Lam, P, Q, B, Ct, dt, L, chunk=5)
+        return kernel_dplr(Lam, P, Q, B, Ct, dt, L, chunk=5, backend=backend)
 
     def ref(Lam, P, Ct):
         # C_tilde = C (I - A_bar^L) is linear in C: recover C from C_tilde by a solve
@@ -229,6 +233,11 @@ def test_default_chunk_bounds_the_temporary():
             "A_bar must have shape",
         ),
         (lambda: kernel_dplr(*dplr_system()[:5], -dplr_system()[5], 8), ValueError, "dt"),
+        (
+            lambda: kernel_dplr(*dplr_system(), 8, backend="triton"),
+            ValueError,
+            "unknown backend 'triton'",
+        ),
         (
             lambda: kernel_dplr(
                 dplr_system()[0], dplr_system()[1], dplr_system(r=2)[2], *dplr_system()[3:], 8

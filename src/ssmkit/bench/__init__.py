@@ -10,9 +10,11 @@ from typing import TextIO
 
 import torch
 
+from ssmkit.bench.e2e import e2e_cases
 from ssmkit.bench.generate import generate_cases
 from ssmkit.bench.kalman import kalman_cases
 from ssmkit.bench.layers import layer_cases
+from ssmkit.bench.lti import lti_scan_cases
 from ssmkit.bench.selective import selective_cases, ssd_cases
 from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
 from ssmkit.core.checks import check_choice
@@ -27,6 +29,8 @@ SUITES = {
     "layers": layer_cases,
     "generate": generate_cases,
     "kalman": kalman_cases,
+    "e2e": e2e_cases,
+    "lti-scan": lti_scan_cases,
 }
 
 

@@ -11,9 +11,11 @@ Three ways, one result:
 
 The fast two never build an (*, n, L) tensor. The Vandermonde product splits l = s + j into
 blocks of c positions and reuses one (*, n, c) table of A^j for all blocks (a batched
-matmul). The Cauchy sums walk the frequencies in chunks, recomputed in the backward pass
-(activation checkpointing) when gradients are needed. Either way the temporary holds at
-most ``max(numel(K), 2**20)`` elements (:func:`default_chunk`).
+matmul). The Cauchy sums walk the frequencies in chunks; their backward pass either
+recomputes and replays each chunk (``backend="ref"``, activation checkpointing) or runs the
+hand-written adjoint sums of :mod:`ssmkit.core.kernels_dplr`, which cost about one forward.
+Either way the temporary holds at most ``max(numel(K), 2**20)`` elements
+(:func:`default_chunk`).
 
 Conjugate pairs: with ``conj=True`` each stored mode stands for itself and its complex
 conjugate, so the kernel of the real system is 2 Re(sum over stored modes) (S4D, section 3).
@@ -21,18 +23,24 @@ conjugate, so the kernel of the real system is 2 Re(sum over stored modes) (S4D,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ssmkit.core.checks import check_finite, check_int, check_tensor
+from ssmkit.core.checks import check_choice, check_finite, check_int, check_tensor
 from ssmkit.core.discretize import discretize_dplr
+from ssmkit.core.kernels_dplr import (
+    cauchy_adjoint,
+    cauchy_ref,
+    mirrored_points,
+    spectrum_from_sums,
+)
 
 Tensor = torch.Tensor
 
 CHUNK_BUDGET = 2**20  # elements of the per-chunk temporary, at least
+DPLR_BACKENDS = ("auto", "ref", "adjoint")
 
 
 def default_chunk(batch: int, n: int, L: int) -> int:
@@ -64,9 +72,15 @@ def _check_modes(L: int, **tensors: Tensor) -> int:
     return n
 
 
-def _chunked(fn: Callable[..., tuple[Tensor, ...]], L: int, chunk: int, *args: Tensor):
-    """Concatenate ``fn(positions, *args)`` over chunks of range(L) along axis 1."""
-    needs_grad = torch.is_grad_enabled() and any(a.requires_grad for a in args)
+def _chunked(
+    fn: Callable[..., tuple[Tensor, ...]], L: int, chunk: int, *args: Tensor, recompute: bool = True
+):
+    """Concatenate ``fn(positions, *args)`` over chunks of range(L) along axis 1.
+
+    With ``recompute`` (and gradients needed) each chunk is checkpointed: its activations are
+    recomputed in the backward pass instead of kept.
+    """
+    needs_grad = recompute and torch.is_grad_enabled() and any(a.requires_grad for a in args)
     device = args[0].device
     parts = []
     for start in range(0, L, chunk):
@@ -190,14 +204,16 @@ def kernel_dplr(
     L: int,
     conj: bool = True,
     chunk: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Kernel of the bilinear-discretised SSM with A = diag(Lambda) - P^T conj(Q) (S4 alg. 1).
 
     At the roots of unity w_k = exp(-2 pi i k / L) the kernel's DFT is
     K_hat(w) = C_tilde [(1 - w) I - dt/2 (1 + w) A]^{-1} dt B. Writing the bracket as
     diag(d) + s P^T conj(Q), with d_n = (1 - w) - dt/2 (1 + w) Lambda_n and s = dt/2 (1 + w),
-    the Woodbury identity reduces it to four Cauchy sums (sum_n x_n / d_n). This form has no
-    pole at w = -1, unlike the usual (2/(1 + w)) (g(w) - A)^{-1} with g = 2/dt (1-w)/(1+w).
+    the Woodbury identity reduces it to Cauchy sums (sum_n x_n / d_n) of four kinds of
+    numerators (:mod:`ssmkit.core.kernels_dplr`). This form has no pole at w = -1, unlike
+    the usual (2/(1 + w)) (g(w) - A)^{-1} with g = 2/dt (1-w)/(1+w).
 
     Args:
         Lambda: (*, n) complex, P: (*, r, n), Q: (*, r, n), B: (*, n), C_tilde: (*, n)
@@ -205,10 +221,14 @@ def kernel_dplr(
         L: kernel length.
         conj: the inputs hold one mode of each conjugate pair (the other is implied).
         chunk: frequencies per chunk (default :func:`default_chunk`).
+        backend: "ref" (autograd through checkpointed chunks), "adjoint" (a custom autograd
+            Function whose backward recomputes the Cauchy table: about the forward's cost),
+            or "auto" (= "adjoint"). Both give the same kernel and gradients.
 
     Returns:
         K: (*, L) real.
     """
+    check_choice("backend", backend, DPLR_BACKENDS)
     n = _check_modes(L, Lambda=Lambda, P=P, Q=Q, B=B, C_tilde=C_tilde)
     if P.shape != Q.shape or P.ndim < 2:
         raise ValueError(
@@ -224,101 +244,33 @@ def kernel_dplr(
     )
     cdtype = torch.promote_types(Lambda.dtype, torch.complex64)
 
-    def flat(x: Tensor, tail: tuple[int, ...]) -> Tensor:
-        return x.to(cdtype).expand(*batch, *tail).reshape(-1, *tail)
+    def flat(x: Tensor, tail: tuple[int, ...], dtype: torch.dtype = cdtype) -> Tensor:
+        return x.to(dtype).expand(*batch, *tail).reshape(-1, *tail)
 
     Lam, Bf, Cf = flat(Lambda, (n,)), flat(B, (n,)), flat(C_tilde, (n,))
     Pf, Qc = flat(P, (r, n)), flat(Q, (r, n)).conj()
-    half_dt = flat(dt, ()) / 2  # (B,)
-    x00 = Cf * Bf  # (B, n): numerators of the four Cauchy sums
-    x01 = Cf.unsqueeze(-2) * Pf  # (B, r, n)
-    x10 = Qc * Bf.unsqueeze(-2)  # (B, r, n)
-    x11 = Qc.unsqueeze(-2) * Pf.unsqueeze(-3)  # (B, r, r, n): [i, j] = conj(Q_i) P_j
+    half_dt = flat(dt, (), cdtype.to_real()) / 2  # (B,)
+    X = torch.cat(  # (B, j, n), j = (1 + r)^2: numerators of the Cauchy sums
+        [
+            (Cf * Bf).unsqueeze(-2),
+            Cf.unsqueeze(-2) * Pf,
+            Qc * Bf.unsqueeze(-2),
+            (Qc.unsqueeze(-2) * Pf.unsqueeze(-3)).flatten(-3, -2),  # [i, j] = conj(Q_i) P_j
+        ],
+        dim=-2,
+    )
     half = L // 2 + 1  # K is real, so K_hat at k = 0 .. L/2 determines it (irfft)
-    chunk = chunk or default_chunk(Lam.shape[0], 2 * n, half)
-    (K_hat,) = _chunked(
-        lambda pos, *a: _dplr_spectrum(pos, L, conj, *a),
-        half,
-        chunk,
-        Lam,
-        half_dt,
-        x00,
-        x01,
-        x10,
-        x11,
-    )  # (B, half)
-    K = torch.fft.irfft(K_hat, n=L, dim=-1)
+    chunk = chunk or default_chunk(Lam.shape[0], 2 * max(n, X.shape[-2]), half)
+    sums = cauchy_ref if backend == "ref" else cauchy_adjoint
+
+    def spectrum(pos: Tensor, Lam: Tensor, half_dt: Tensor, X: Tensor) -> tuple[Tensor]:
+        w = mirrored_points(pos, L, cdtype)  # (2c,): w_k, then w_{-k}
+        return (spectrum_from_sums(sums(w, Lam, half_dt, X), w, half_dt, conj),)
+
+    # the adjoint recomputes the Cauchy table itself: no checkpoint around it
+    (K_hat,) = _chunked(spectrum, half, chunk, Lam, half_dt, X, recompute=backend == "ref")
+    K = torch.fft.irfft(K_hat, n=L, dim=-1)  # (B, L)
     return K.reshape(*batch, L)
-
-
-def _roots_of_unity(pos: Tensor, L: int, dtype: torch.dtype) -> Tensor:
-    real = torch.float64 if dtype == torch.complex128 else torch.float32
-    angle = (-2 * math.pi / L) * pos.to(real)
-    return torch.polar(torch.ones_like(angle), angle)
-
-
-def _dplr_spectrum(
-    pos: Tensor,
-    L: int,
-    conj: bool,
-    Lam: Tensor,
-    half_dt: Tensor,
-    x00: Tensor,
-    x01: Tensor,
-    x10: Tensor,
-    x11: Tensor,
-) -> tuple[Tensor]:
-    """Hermitian part of K_hat at w_pos, from the Cauchy sums at w_pos and at w_{-pos}.
-
-    With ``conj`` the partner modes' sums at w_k are the conjugates of the stored modes' sums
-    at w_{-k}; they join before the Woodbury solve because P, Q couple all modes. Without
-    it, K = Re(ifft(K_hat)), whose spectrum is (K_hat(w_k) + conj(K_hat(w_{-k}))) / 2.
-    """
-    c = pos.shape[0]
-    w = _roots_of_unity(torch.cat([pos, (-pos) % L]), L, Lam.dtype)  # (2c,)
-    sums = _cauchy_sums(w, Lam, half_dt, x00, x01, x10, x11)
-    own, mirror = [k[:, :c] for k in sums], [k[:, c:] for k in sums]
-    s = half_dt.unsqueeze(-1) * (1 + w)  # (B, 2c)
-    if conj:
-        both = [a + b.conj() for a, b in zip(own, mirror, strict=True)]
-        return (_woodbury(*both, s[:, :c], half_dt),)
-    K_own, K_mirror = _woodbury(*own, s[:, :c], half_dt), _woodbury(*mirror, s[:, c:], half_dt)
-    return ((K_own + K_mirror.conj()) / 2,)
-
-
-def _woodbury(
-    k00: Tensor, k01: Tensor, k10: Tensor, k11: Tensor, s: Tensor, half_dt: Tensor
-) -> Tensor:
-    """K_hat = dt (k00 - s k01 (I + s k11)^{-1} k10): (B, c) from sums (B, c, [r, [r]])."""
-    r = k11.shape[-1]
-    if r == 1:  # the S4 case: a scalar division instead of a batched solve
-        low_rank = k01[..., 0] * k10[..., 0] / (1 + s * k11[..., 0, 0])  # (B, c)
-    else:
-        eye = torch.eye(r, dtype=k11.dtype, device=k11.device)
-        system = eye + s[..., None, None] * k11  # (B, c, r, r)
-        correction = torch.linalg.solve(system, k10.unsqueeze(-1))  # (B, c, r, 1)
-        low_rank = (k01.unsqueeze(-2) @ correction)[..., 0, 0]  # (B, c)
-    return 2 * half_dt.unsqueeze(-1) * (k00 - s * low_rank)
-
-
-def _cauchy_sums(
-    w: Tensor,
-    Lam: Tensor,
-    half_dt: Tensor,
-    x00: Tensor,
-    x01: Tensor,
-    x10: Tensor,
-    x11: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """sum_n x_n / d_n(w) with d_n = (1 - w) - dt/2 (1 + w) Lambda_n, for each w in (f,)."""
-    R = (half_dt.unsqueeze(-1) * (1 + w)).unsqueeze(-1) * Lam.unsqueeze(-2)  # (B, f, n)
-    R = R.neg_().add_((1 - w).unsqueeze(-1)).reciprocal_()  # 1 / d, in place: one temporary
-    k00 = (R @ x00.unsqueeze(-1)).squeeze(-1)  # (B, f)
-    k01 = R @ x01.transpose(-1, -2)  # (B, f, r)
-    k10 = R @ x10.transpose(-1, -2)  # (B, f, r)
-    r = x11.shape[-2]
-    k11 = (R @ x11.flatten(1, 2).transpose(-1, -2)).unflatten(-1, (r, r))  # (B, f, r, r)
-    return k00, k01, k10, k11
 
 
 def power_sum(A_bar: Tensor, v: Tensor, chunk: int | None = None) -> Tensor:

@@ -10,7 +10,9 @@ block (S4, section 4):
   FFT convolution. An initial state adds its free response C A_bar^(t+1) x0, and the final
   state is a power sum over the reversed input (:func:`ssmkit.core.kernels.power_sum`).
 * ``mode="scan"``: the recurrence x_t = A_bar x_{t-1} + B_bar u_t through
-  :func:`ssmkit.ops.scan` (a sequential loop for the dense transition of S4).
+  :func:`ssmkit.ops.lti_scan` (inject, recurrence and readout fused; no (b, l, *s) history
+  on CPU with numba); per-step systems go through :func:`ssmkit.ops.scan`, and S4's dense
+  transition through a sequential loop.
 * ``step``: one step of the same recurrence.
 
 All three agree to rounding (tested), so a model trained in conv mode generates in step mode.
@@ -37,7 +39,8 @@ from ssmkit.layers.base import (
     check_step_input,
     length_mask,
 )
-from ssmkit.ops import scan
+from ssmkit.ops import lti_scan, scan
+from ssmkit.ops.lti_scan import ref as lti_ref
 
 Tensor = torch.Tensor
 
@@ -94,15 +97,12 @@ class System:
 
     def inject(self, u: Tensor) -> Tensor:
         """B_bar u: (..., h) -> (..., *s)."""
-        u = u.to(self.B_bar.dtype)
-        bu = u @ self.B_bar.transpose(-1, -2) if self.mimo else u.unsqueeze(-1) * self.B_bar
+        bu = lti_ref.inject(u.to(self.B_bar.dtype.to_real()), self.B_bar, self.mimo)
         return bu if self.gain is None else bu * self.gain
 
     def readout(self, x: Tensor, k: int = 0) -> Tensor:
         """(2) Re(C x): (..., *s) -> (..., h) real."""
-        y = x @ self.C[k].transpose(-1, -2).to(x.dtype) if self.mimo else (x * self.C[k]).sum(-1)
-        y = y.real if y.is_complex() else y
-        return 2 * y if self.conj else y
+        return lti_ref.readout(x, self.C[k], self.conj, self.mimo)
 
     def advance(self, x: Tensor, bu: Tensor) -> Tensor:
         """One step x <- A_bar x + B_bar u, for a time-invariant transition."""
@@ -272,6 +272,8 @@ class LTILayer(SequenceLayer):
         lengths: Tensor | None,
         return_state: bool,
     ) -> tuple[Tensor, Tensor | None]:
+        if not (sys.dense or sys.per_step or sys.gain is not None):
+            return self._scan_fused(u, sys, state, lengths, return_state)
         bu = sys.inject(u)  # (b, l, *s)
         states = self._recurrence(sys, bu, state)  # (b, l, *s)
         y = sys.readout(states)
@@ -286,6 +288,23 @@ class LTILayer(SequenceLayer):
             else:
                 last = states[torch.arange(u.shape[0], device=u.device), lengths - 1]
         return y, last
+
+    def _scan_fused(
+        self,
+        u: Tensor,
+        sys: System,
+        state: Tensor | None,
+        lengths: Tensor | None,
+        return_state: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """A diagonal time-invariant system through :func:`ssmkit.ops.lti_scan`: inject,
+        recurrence and readout fused, no (b, l, *s) states kept (on CPU with numba)."""
+        u = u.to(sys.state_dtype.to_real())
+        y, last = lti_scan(u, sys.A_bar, sys.B_bar, sys.C[0], state, sys.conj, lengths)
+        if self.bidirectional:  # anti-causal: y_t += C x'_{t+1}, x'_t = A x'_{t+1} + B u_t
+            y_back, _ = lti_scan(u.flip(1), sys.A_bar, sys.B_bar, sys.C[1], None, sys.conj)
+            y = y + torch.nn.functional.pad(y_back.flip(1)[:, 1:], (0, 0, 0, 1))
+        return y, last if return_state else None
 
     @staticmethod
     def _recurrence(sys: System, bu: Tensor, state: Tensor | None) -> Tensor:

@@ -3,8 +3,10 @@
 A = diag(Lambda) - P^T conj(P) in HiPPO-LegS's eigenbasis (its NPLR form, S4 Theorem 1), one
 dt per channel, N/2 stored modes standing for conjugate pairs. With the bilinear rule the
 kernel comes from Cauchy sums at the roots of unity plus the Woodbury correction
-(:func:`ssmkit.core.kernels.kernel_dplr`); C is the parameter and C_tilde = C (I - A_bar^L)
-is formed for each kernel length, so one trained layer runs at any length and steps exactly.
+(:func:`ssmkit.core.kernels.kernel_dplr`; its default "adjoint" backend differentiates the
+Cauchy sums by hand, so a training step's backward costs about one forward and keeps no
+(h, N, L) table); C_tilde is the parameter and C = C_tilde (I - A_bar^l_max)^{-1} is formed
+when the recurrent form needs it, so one trained layer runs at any length and steps exactly.
 
 The recurrent modes use the dense (N, N) transition of each channel: ``mode="scan"`` and
 ``step`` cost O(N^2) per step and channel. In conv mode a given or returned state also
@@ -22,7 +24,13 @@ from ssmkit.core.checks import check_choice, check_int
 from ssmkit.core.discretize import discretize_dplr
 from ssmkit.core.hippo import nplr
 from ssmkit.core.init import log_uniform_dt
-from ssmkit.core.kernels import dplr_c_tilde, expand_conj, kernel_dense, kernel_dplr
+from ssmkit.core.kernels import (
+    DPLR_BACKENDS,
+    dplr_c_tilde,
+    expand_conj,
+    kernel_dense,
+    kernel_dplr,
+)
 from ssmkit.core.params import SSM_LR, ssm_parameter
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
 
@@ -42,6 +50,8 @@ class S4(LTILayer):
         dt_min, dt_max: range of the log-uniform initial step sizes.
         mode: "conv" or "scan" (the dense recurrence).
         bidirectional, block, lr: as for :class:`ssmkit.layers.S4D`.
+        kernel_backend: backend of :func:`ssmkit.core.kernels.kernel_dplr` ("auto", "ref",
+            "adjoint"); the same kernel and gradients, "ref" has the slower backward.
     """
 
     def __init__(
@@ -57,9 +67,11 @@ class S4(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        kernel_backend: str = "auto",
     ) -> None:
         super().__init__(d_model, MODES, mode, bidirectional, block)
         self.discretization = check_choice("discretization", discretization, DISCRETIZATIONS)
+        self.kernel_backend = check_choice("kernel_backend", kernel_backend, DPLR_BACKENDS)
         check_int("rank", rank, minimum=1)
         self.l_max = check_int("l_max", l_max, minimum=1)
         check_int("N", N, minimum=2)
@@ -86,12 +98,13 @@ class S4(LTILayer):
         """(k, h, L) kernels; Cauchy + Woodbury for bilinear, dense powering for ZOH."""
         Lam, P, B, C_tilde, dt = self._parts()
         if self.discretization == "bilinear" and self.l_max >= L:
-            return kernel_dplr(Lam, P, P, B, C_tilde, dt, self.l_max)[..., :L]
+            K = kernel_dplr(Lam, P, P, B, C_tilde, dt, self.l_max, backend=self.kernel_backend)
+            return K[..., :L]
         sys = self.system()
         if self.discretization == "bilinear":  # longer than l_max: C_tilde for length L
             n = Lam.shape[-1]
             C_tilde_L = dplr_c_tilde(Lam, P, P, sys.C[..., :n], dt, L)
-            return kernel_dplr(Lam, P, P, B, C_tilde_L, dt, L)
+            return kernel_dplr(Lam, P, P, B, C_tilde_L, dt, L, backend=self.kernel_backend)
         return kernel_dense(sys.A_bar, sys.B_bar, sys.C, L).real
 
     def system(self) -> System:

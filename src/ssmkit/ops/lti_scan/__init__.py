@@ -1,0 +1,137 @@
+"""A time-invariant diagonal SSM from input to output, x_t = A_bar x_{t-1} + B_bar u_t,
+y_t = s Re(C x_t), with registered backends.
+
+Backends: ``ref`` (inject, the diagonal :func:`~ssmkit.ops.scan` keeping every state,
+readout: :mod:`.ref`) and ``numba`` (fused CPU kernels that keep no (b, l, h, n) history,
+when numba is installed: :mod:`.cpu_numba`). The public function validates once, for every
+backend.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssmkit.core.checks import check_finite, check_tensor
+from ssmkit.ops import registry
+from ssmkit.ops.lti_scan import cpu_numba
+from ssmkit.ops.lti_scan.ref import inject, lti_scan_ref, readout
+
+Tensor = torch.Tensor
+
+__all__ = ["inject", "lti_scan", "lti_scan_ref", "readout"]
+
+registry.register(
+    "lti_scan", "ref", lti_scan_ref, priority=0, description="inject, scan (all states), readout"
+)
+registry.register(
+    "lti_scan",
+    "numba",
+    cpu_numba.lti_scan_numba,
+    devices=("cpu",),
+    priority=20,
+    description="fused CPU kernels (numba), recomputing backward",
+    is_available=cpu_numba.available,
+)
+
+
+def lti_scan(
+    u: Tensor,
+    A_bar: Tensor,
+    B_bar: Tensor,
+    C: Tensor,
+    initial_state: Tensor | None = None,
+    conj: bool = False,
+    lengths: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Run a discretised diagonal LTI system over a sequence (see :mod:`.ref` for the equations).
+
+    SISO or MIMO follows from ``A_bar``: (h, n) is one n-mode system per channel (S4D, DSS;
+    state (h, n)), (n,) one system driven by all channels (S5, LRU; state (n,)).
+
+    Args:
+        u: (b, l, h) real input, float32 or float64.
+        A_bar: SISO (h, n) or MIMO (n,) diagonal transition, real or complex of u's precision.
+        B_bar: SISO (h, n) or MIMO (n, h) input matrix, same precision.
+        C: (h, n) output matrix, same precision.
+        initial_state: (b, *s) state before the first step, of dtype promote(A_bar, B_bar);
+            zeros when omitted. Differentiable.
+        conj: every stored mode stands for a conjugate pair: y = 2 Re(C x), else Re(C x).
+        lengths: (b,) valid steps of a right-padded batch; the returned state is the one after
+            each item's last valid step (y is computed at every step).
+        backend: "auto", "ref", "numba" (see ``ssmkit.ops.registry``).
+
+    Returns:
+        y: (b, l, h) in u's dtype, and the final state (b, *s).
+    """
+    b, length, mimo = _check(u, A_bar, B_bar, C, conj)
+    dtype = torch.promote_types(A_bar.dtype, B_bar.dtype)
+    state_shape = (b, *((A_bar.shape[0],) if mimo else A_bar.shape))
+    if initial_state is None:
+        x0 = u.new_zeros(state_shape, dtype=dtype)
+    else:
+        check_tensor("initial_state", initial_state)
+        if tuple(initial_state.shape) != state_shape or initial_state.dtype != dtype:
+            raise ValueError(
+                f"initial_state must have shape (b, *s) = {state_shape} and dtype {dtype}, "
+                f"got shape {tuple(initial_state.shape)} and dtype {initial_state.dtype}"
+            )
+        x0 = check_finite("initial_state", initial_state)
+    last = _last_steps(lengths, b, length, u.device)
+    impl = registry.resolve("lti_scan", backend, u.device)
+    return impl.fn(u, A_bar, B_bar, C, x0, conj, last)
+
+
+def _check(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, conj: bool) -> tuple[int, int, bool]:
+    check_tensor("u", u)
+    if u.ndim != 3 or u.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"u must be a float32 or float64 tensor of shape (b, l, h), got {u.dtype} "
+            f"of shape {tuple(u.shape)}"
+        )
+    b, length, h = u.shape
+    if length < 1:
+        raise ValueError(f"u must have length l >= 1, got shape {tuple(u.shape)}")
+    check_tensor("A_bar", A_bar)
+    if A_bar.ndim not in (1, 2) or (A_bar.ndim == 2 and A_bar.shape[0] != h):
+        raise ValueError(
+            f"A_bar must have shape (h, n) = ({h}, n) (SISO) or (n,) (MIMO), "
+            f"got shape {tuple(A_bar.shape)}"
+        )
+    mimo = A_bar.ndim == 1
+    n = A_bar.shape[-1]
+    shapes = {"B_bar": (n, h) if mimo else (h, n), "C": (h, n)}
+    for name, M in (("B_bar", B_bar), ("C", C)):
+        check_tensor(name, M)
+        if tuple(M.shape) != shapes[name]:
+            kind = "(n, h) (MIMO)" if mimo and name == "B_bar" else "(h, n)"
+            raise ValueError(
+                f"{name} must have shape {kind} = {shapes[name]}, got shape {tuple(M.shape)}"
+            )
+    for name, M in (("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
+        if not (M.is_floating_point() or M.is_complex()) or M.dtype.to_real() != u.dtype:
+            raise TypeError(
+                f"{name} must be real or complex of u's precision ({u.dtype}), got {M.dtype}"
+            )
+    if not isinstance(conj, bool):
+        raise TypeError(f"conj must be a bool, got {type(conj).__name__}")
+    for name, x in (("u", u), ("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
+        check_finite(name, x)
+    return b, length, mimo
+
+
+def _last_steps(lengths: Tensor | None, b: int, length: int, device: torch.device) -> Tensor:
+    """(b,) int64: the step whose state each item returns, lengths - 1 (default l - 1)."""
+    if lengths is None:
+        return torch.full((b,), length - 1, dtype=torch.int64, device=device)
+    check_tensor("lengths", lengths)
+    if tuple(lengths.shape) != (b,) or lengths.is_floating_point() or lengths.is_complex():
+        raise ValueError(
+            f"lengths must be an integer tensor of shape (b,) = ({b},), got {lengths.dtype} "
+            f"of shape {tuple(lengths.shape)}"
+        )
+    if lengths.dtype == torch.bool or bool((lengths < 1).any() | (lengths > length).any()):
+        raise ValueError(
+            f"lengths must be integers in [1, {length}] (the input length), got {lengths.tolist()}"
+        )
+    return lengths.to(device=device, dtype=torch.int64) - 1

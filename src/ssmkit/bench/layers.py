@@ -1,9 +1,10 @@
 """Benchmark suite ``layers``: every LTI layer in conv and scan mode, and its step latency.
 
 The reference row of a case is the layer's own definition run token by token (``step``); its
-time is the measured per-token latency times L. Scan mode of a SISO layer keeps all
-(b, L, h, n) states, so cases where that would not fit a budget are reported as skipped
-rather than run out of memory.
+time is the measured per-token latency times L. Scan mode runs the fused LTI
+scan (no state history) where numba is installed; where it keeps all (b, L, h, n) states
+(S4's dense transition, or without numba), cases that would not fit a budget are reported as
+skipped rather than run out of memory.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ssmkit.bench.suites import Row, Settings, _measure, _with_speedups
 from ssmkit.layers import DSS, LRU, S4, S4D, S5, LTILayer
+from ssmkit.ops import registry
 
 Tensor = torch.Tensor
 N = 64
@@ -53,7 +55,7 @@ def layer_cases(s: Settings) -> Iterator[list[Row]]:
                 if mode == "conv" and "conv" not in _modes(layer):
                     continue
                 layer.mode = mode
-                need = _scan_bytes(layer, L) if mode == "scan" else 0
+                need = _scan_bytes(layer, L, s.device) if mode == "scan" else 0
                 if need > SCAN_BUDGET_BYTES:
                     rows.append(Row("layers", case, f"{mode} mode", float("nan"), None, None))
                     rows[-1].note = f"skipped: all states need {need / 2**30:.1f} GiB"
@@ -70,10 +72,14 @@ def _modes(layer: LTILayer) -> tuple[str, ...]:
     return ("scan",) if isinstance(layer, (S5, LRU)) else ("conv", "scan")
 
 
-def _scan_bytes(layer: LTILayer, L: int) -> int:
+def _scan_bytes(layer: LTILayer, L: int, device: str) -> int:
+    """Memory of scan mode's state history: none for the fused LTI scan (numba), else all
+    (b, L, *s) states (S4's dense transition, or the reference backend)."""
     with torch.no_grad():
-        shape = layer.system().state_shape
-    numel = L * int(torch.tensor(shape).prod())
+        sys = layer.system()
+    if not sys.dense and registry.resolve("lti_scan", "auto", device).name != "ref":
+        return 0
+    numel = L * int(torch.tensor(sys.state_shape).prod())
     return 4 * numel * 8  # states, inputs B u and both their gradients, complex64
 
 

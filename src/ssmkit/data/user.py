@@ -22,7 +22,6 @@ std, stored in ``TaskSpec.mean`` / ``TaskSpec.std`` (:func:`denormalize` undoes 
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssmkit.core.csvrows import read_rows, skipped_note
 from ssmkit.data.base import (
     Split,
     TaskConfig,
@@ -61,30 +61,15 @@ def _path(config: object) -> Path:
 def read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line number, cells) of every line after it; ragged rows are errors.
 
-    Every line is a row: an empty line (or one of blanks only) becomes a row of empty cells,
-    so nothing is dropped or shifted. Only blank lines at the end of the file are skipped,
-    with a warning that counts them. A UTF-8 byte order mark is ignored.
+    The row rules (every line is a row, blank lines at the end skipped with a warning that
+    counts them, byte order mark ignored) are :func:`ssmkit.core.csvrows.read_rows`.
     """
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    table = read_rows(path)
+    header, rows = table.header, table.rows
     if not any(header):
         raise ValueError(f"{path}: empty file (a header line is required)")
-    blank = [not row or (len(row) == 1 and row[0].isspace()) for _, row in rows]
-    n = len(rows)
-    while n and blank[n - 1]:
-        n -= 1
-    if n < len(rows):
-        warnings.warn(
-            f"{path}: skipped {len(rows) - n} blank line(s) at the end of the file",
-            stacklevel=2,
-        )
-    pairs = zip(rows[:n], blank[:n], strict=True)
-    rows = [(line, [""] * len(header) if b else row) for (line, row), b in pairs]
+    if table.skipped:
+        warnings.warn(skipped_note(path, table.skipped), stacklevel=2)
     for line, row in rows:
         if len(row) != len(header):
             raise ValueError(

@@ -4,7 +4,10 @@
 
 * ``"sequential"``: a loop over time with the Joseph-form update (the reference);
 * ``"sqrt"``: the square-root filter on Cholesky factors (QR triangularisation);
-* ``"parallel"``: the associative-scan filter and smoother, O(log l) depth.
+* ``"parallel"``: the associative-scan filter and smoother, O(log l) depth;
+* ``"numba"`` (:func:`log_likelihood` only): the compiled filter with an adjoint gradient
+  (:mod:`.fast_filter`; time-invariant models with diagonal R, no inputs), and ``"auto"``,
+  which takes it when numba is installed and the model qualifies, else ``"sequential"``.
 
 ``diffuse`` says how ``model.P0_diffuse`` is treated: ``"exact"`` (Durbin & Koopman ch. 5,
 statsmodels' ``initialization='diffuse'``; sequential only, diagonal R) or
@@ -22,11 +25,13 @@ from ssmkit.core.checks import check_choice, check_int, check_positive
 from ssmkit.core.gaussian import predict, psd_factor, smooth_step, sqrt_predict, sqrt_update
 from ssmkit.core.gaussian import update as gauss_update
 from ssmkit.probabilistic.diffuse import diffuse_filter, diffuse_smoother
+from ssmkit.probabilistic.fast_filter import numba_log_likelihood, numba_supports
 from ssmkit.probabilistic.model import LinearGaussianSSM, Prepared, prepare
 from ssmkit.probabilistic.parallel import parallel_filter, parallel_smoother
 
 Tensor = torch.Tensor
 METHODS = ("sequential", "sqrt", "parallel")
+LOGLIK_METHODS = (*METHODS, "numba", "auto")
 DIFFUSE = ("exact", "approximate")
 
 
@@ -238,11 +243,21 @@ def log_likelihood(
     """log p(y_{burn+1} .. y_l | y_1 .. y_burn) per series, shape (b,).
 
     ``burn`` drops the first steps' terms (statsmodels' ``loglikelihood_burn``; its
-    approximate diffuse models use burn = number of diffuse states). Other arguments as in
+    approximate diffuse models use burn = number of diffuse states). ``method`` may also be
+    "numba" or "auto" (see the module docstring). Other arguments as in
     :func:`kalman_filter`; differentiable in every model tensor.
     """
     check_int("burn", burn, 0)
+    check_choice("method", method, LOGLIK_METHODS)
     if burn >= y.shape[1]:
         raise ValueError(f"burn must be < l = {y.shape[1]}, got {burn}")
+    if method == "auto":
+        method = "numba" if numba_supports(model, u) else "sequential"
+    if method == "numba":
+        check_choice("diffuse", diffuse, DIFFUSE)
+        check_positive("kappa", kappa)
+        if u is not None:
+            raise ValueError("method='numba' supports models without inputs; u must be None")
+        return numba_log_likelihood(model, y, diffuse, kappa, burn, validate)
     ll = kalman_filter(model, y, u, method, diffuse, kappa, validate).loglik
     return ll[:, burn:].sum(1)

@@ -5,6 +5,10 @@ by exp, PSD covariances by Cholesky factors, stationary AR by the partial-autoco
 transform; see :mod:`.spec`) and to the reported ("natural") parameters. The optimiser
 works on theta; standard errors of the natural parameters come from the inverse Hessian of
 the negative log-likelihood in theta, mapped by the delta method (J Sigma J^T).
+
+``per_series=True`` fits one parameter vector per series (b independent problems) by the
+batched Newton method of :mod:`.fit_batch`; ``method="auto"`` (the default) evaluates the
+likelihood by the compiled filter with its adjoint gradient where it applies.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ssmkit.core.checks import check_choice, check_int, check_ndim, check_tensor
 from ssmkit.probabilistic.filters import log_likelihood
+from ssmkit.probabilistic.fit_batch import (
+    batched_hessian,
+    newton_per_series,
+    stack_models,
+    value_and_grad,
+)
 from ssmkit.probabilistic.model import LinearGaussianSSM
 
 Tensor = torch.Tensor
@@ -30,21 +41,25 @@ class ParametricModel:
     natural: Callable[[Tensor], Tensor]  # theta (k,) -> reported parameters (k,)
     names: tuple[str, ...]  # names of the reported parameters
     theta0: Tensor  # (k,) starting point of the optimiser
+    # theta (b, k) -> one model with per-series (b, 1, ., .) matrices; None: stack b builds
+    build_batch: Callable[[Tensor], LinearGaussianSSM] | None = None
+    theta0_batch: Tensor | None = None  # (b, k) per-series starting points, or None
 
 
 @dataclass(frozen=True)
 class MLEResult:
     """Output of :func:`fit_mle`."""
 
-    params: Tensor  # (k,) natural parameters at the optimum
+    params: Tensor  # (k,) natural parameters at the optimum; (b, k) with per_series
     names: tuple[str, ...]  # their names
-    theta: Tensor  # (k,) unconstrained optimum
-    se: Tensor  # (k,) standard errors of params (NaN where the Hessian is not definite)
+    theta: Tensor  # (k,) or (b, k) unconstrained optimum
+    se: Tensor  # (k,) or (b, k) standard errors of params (NaN: Hessian not definite)
     loglik: float  # maximised log-likelihood (summed over series)
-    aic: float  # -2 loglik + 2 k' (k' = k + number of exactly diffuse states)
-    bic: float  # -2 loglik + k' log(n_eff) (n_eff = observed steps after burn)
+    aic: float  # -2 loglik + 2 k' (k' = k + number of exactly diffuse states; times b
+    bic: float  # per series) and -2 loglik + k' log(n_eff) (n_eff = observed steps after burn)
     iterations: int  # optimiser iterations run
-    model: LinearGaussianSSM  # the fitted model
+    model: LinearGaussianSSM  # the fitted model (per-series matrices with per_series)
+    loglik_series: Tensor | None = None  # (b,) each series' maximised log-likelihood
 
 
 def _objective(
@@ -57,27 +72,51 @@ def _objective(
     return nll
 
 
+def build_batch(spec: ParametricModel, theta: Tensor) -> LinearGaussianSSM:
+    """The model of each row of theta (b, k), as one model with a series axis."""
+    if spec.build_batch is not None:
+        return spec.build_batch(theta)
+    return stack_models([spec.build(t) for t in theta])
+
+
+def _objective_series(
+    spec: ParametricModel, y: Tensor, u, method: str, diffuse: str, kappa: float, burn: int
+) -> Callable[[Tensor, Tensor | None], Tensor]:
+    def nll(theta: Tensor, index: Tensor | None = None) -> Tensor:  # (a, k) -> (a,)
+        model = build_batch(spec, theta)
+        ys = y if index is None else y[index]
+        us = u if index is None or u is None else u[index]
+        return -log_likelihood(model, ys, us, method, diffuse, kappa, burn, validate=False)
+
+    return nll
+
+
 def fit_mle(
     spec: ParametricModel,
     y: Tensor,
     u: Tensor | None = None,
-    method: str = "sequential",
+    method: str = "auto",
     diffuse: str = "exact",
     kappa: float = 1e6,
     burn: int = 0,
     optimizer: str = "lbfgs",
     max_iter: int = 200,
     lr: float = 0.05,
+    per_series: bool = False,
 ) -> MLEResult:
     """Maximise the log-likelihood over theta.
 
     Args:
         spec: the model family and starting point.
-        y: (b, l, o) observations (all series share the parameters); NaN = missing.
-        u, method, diffuse, kappa, burn: as in :func:`log_likelihood`.
-        optimizer: "lbfgs" (strong Wolfe line search) or "adam".
-        max_iter: L-BFGS iterations or Adam steps.
+        y: (b, l, o) observations; NaN = missing.
+        u, method, diffuse, kappa, burn: as in :func:`log_likelihood` (method "auto": the
+            compiled filter where it applies).
+        optimizer: "lbfgs" (strong Wolfe line search) or "adam"; with ``per_series`` only
+            "lbfgs" is accepted, and means the batched Newton method.
+        max_iter: L-BFGS iterations, Adam steps or Newton iterations.
         lr: Adam learning rate (L-BFGS uses step 1 with line search).
+        per_series: False: all series share one parameter vector (k,); True: each series
+            has its own, fitted independently (params (b, k)).
 
     Returns:
         An :class:`MLEResult`.
@@ -90,6 +129,12 @@ def fit_mle(
     check_int("max_iter", max_iter, 1)
     check_tensor("spec.theta0", spec.theta0)
     check_observations(spec, y, burn)
+    if not isinstance(per_series, bool):
+        raise TypeError(f"per_series must be a bool, got {type(per_series).__name__}")
+    if per_series:
+        if optimizer != "lbfgs":
+            raise ValueError(f"per_series=True needs optimizer='lbfgs', got {optimizer!r}")
+        return _fit_per_series(spec, y, u, method, diffuse, kappa, burn, max_iter)
     nll = _objective(spec, y, u, method, diffuse, kappa, burn)
     theta = spec.theta0.detach().to(y.dtype).clone().requires_grad_(True)
     iterations = 0
@@ -128,9 +173,57 @@ def fit_mle(
         k += int(torch.linalg.matrix_rank(model.P0_diffuse))
     n_eff = int((~torch.isnan(y)).any(-1).sum()) - burn * y.shape[0]
     aic, bic = information_criteria(loglik, k, n_eff)
+    with torch.no_grad():
+        per = log_likelihood(model, y, u, method, diffuse, kappa, burn, validate=False)
     return MLEResult(
-        spec.natural(theta).detach(), spec.names, theta, se, loglik, aic, bic, iterations, model
+        spec.natural(theta).detach(),
+        spec.names,
+        theta,
+        se,
+        loglik,
+        aic,
+        bic,
+        iterations,
+        model,
+        per,
     )
+
+
+def _fit_per_series(
+    spec: ParametricModel,
+    y: Tensor,
+    u,
+    method: str,
+    diffuse: str,
+    kappa: float,
+    burn: int,
+    max_iter: int,
+) -> MLEResult:
+    b, k = y.shape[0], spec.theta0.numel()
+    theta0 = spec.theta0_batch if spec.theta0_batch is not None else spec.theta0.expand(b, k)
+    if theta0.shape != (b, k):
+        raise ValueError(
+            f"spec.theta0_batch must have shape (b, k) = ({b}, {k}), got {tuple(theta0.shape)}"
+        )
+    nll = _objective_series(spec, y, u, method, diffuse, kappa, burn)
+    theta, iterations = newton_per_series(nll, theta0.to(y.dtype), max_iter)
+    everything = partial(nll, index=None)
+    f, g = value_and_grad(everything, theta)
+    Hs = batched_hessian(everything, theta, g)  # (b, k, k)
+    J = torch.vmap(torch.func.jacrev(spec.natural))(theta)  # (b, k, k)
+    L, info = torch.linalg.cholesky_ex(Hs)
+    cov = J @ torch.cholesky_inverse(L) @ J.mT
+    se = torch.diagonal(cov, dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    se = torch.where((info == 0).unsqueeze(-1), se, torch.full_like(se, float("nan")))
+    model = build_batch(spec, theta)
+    kk = k
+    if diffuse == "exact" and model.P0_diffuse is not None:
+        kk += int(torch.linalg.matrix_rank(model.P0_diffuse))
+    loglik = -float(f.sum())
+    n_eff = int((~torch.isnan(y)).any(-1).sum()) - burn * b
+    aic, bic = information_criteria(loglik, kk * b, n_eff)
+    params = torch.vmap(spec.natural)(theta).detach()
+    return MLEResult(params, spec.names, theta, se, loglik, aic, bic, iterations, model, -f)
 
 
 def check_observations(spec: ParametricModel, y: Tensor, burn: int) -> None:

@@ -11,12 +11,13 @@ labels.
 
 from __future__ import annotations
 
-import csv
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ssmkit.core.csvrows import read_rows, skipped_note
 
 Tensor = torch.Tensor
 MISSING = {"", "na", "nan", "n/a", "null", "."}
@@ -99,31 +100,18 @@ def read_csv(
 def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], tuple[str, ...]]:
     """Header, (line number, cells) of every row after it, and notes on skipped lines.
 
-    An empty line (or one of blanks only) is a row of empty cells; a quoted "" is one empty
-    cell. Blank lines at the end of the file are dropped and counted in a note.
+    The row rules are :func:`ssmkit.core.csvrows.read_rows`; this adds the checks on the
+    table's shape and the note (with a hint for one-column files) on trailing blank lines.
     """
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except csv.Error as err:
-        raise ValueError(f"{path}, line {reader.line_num}: {err}") from None
+    table = read_rows(path)
+    header, rows = table.header, table.rows
     if not any(header):
         raise ValueError(f"{path}: line 1 must be the header row (column names), got {header}")
-    blank = [not row or (len(row) == 1 and row[0].isspace()) for _, row in rows]
-    n = len(rows)
-    while n and blank[n - 1]:
-        n -= 1
     notes = ()
-    if n < len(rows):
+    if table.skipped:
         hint = " (write a missing last value as NA)" if len(header) == 1 else ""
-        notes = (f"{path}: skipped {len(rows) - n} blank line(s) at the end of the file{hint}",)
+        notes = (skipped_note(path, table.skipped) + hint,)
         warnings.warn(notes[0], stacklevel=3)
-    pairs = zip(rows[:n], blank[:n], strict=True)
-    rows = [(line, [""] * len(header) if b else row) for (line, row), b in pairs]
     if not rows:
         raise ValueError(f"{path}: needs a header row and at least one data row")
     for line, row in rows:

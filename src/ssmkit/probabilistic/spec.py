@@ -13,6 +13,7 @@ import torch
 
 from ssmkit.core.checks import check_choice, check_int, check_tensor
 from ssmkit.probabilistic.fit import ParametricModel
+from ssmkit.probabilistic.fit_batch import stack_models
 from ssmkit.probabilistic.model import LinearGaussianSSM
 from ssmkit.probabilistic.structural import (
     autoregressive,
@@ -67,11 +68,16 @@ def structural_spec(
         names.append("sigma2.ar")
     n_var = len(names)
     names += [f"ar.L{i + 1}" for i in range(ar_order)]
-    dy = torch.diff(y[..., 0], dim=1)
-    v = torch.nanmean((dy - torch.nanmean(dy)) ** 2).clamp_min(1e-8)
-    theta0 = torch.cat(
-        [torch.log(v / n_var).repeat(n_var), torch.zeros(ar_order, dtype=v.dtype)]
-    ).to(y.dtype)
+    dy = torch.diff(y[..., 0], dim=1)  # (b, l - 1)
+
+    def start(dy: Tensor) -> Tensor:  # (b, l - 1) -> (b, k): var(diff y) shared equally
+        centred = dy - torch.nanmean(dy, 1, keepdim=True)
+        v = torch.nanmean(centred**2, 1, keepdim=True).nan_to_num(1.0).clamp_min(1e-8)
+        zeros = torch.zeros(dy.shape[0], ar_order, dtype=v.dtype)
+        return torch.cat([torch.log(v / n_var).expand(-1, n_var), zeros], 1).to(y.dtype)
+
+    theta0 = start(dy.reshape(1, -1))[0]  # (k,) pooled over the series
+    theta0_batch = start(dy)  # (b, k) one start per series
 
     def natural(theta: Tensor) -> Tensor:
         var = torch.exp(theta[:n_var])
@@ -79,8 +85,7 @@ def structural_spec(
             return var
         return torch.cat([var, pacf_to_ar(torch.tanh(theta[n_var:]))])
 
-    def build(theta: Tensor) -> LinearGaussianSSM:
-        par = natural(theta)
+    def assemble(par: Tensor) -> LinearGaussianSSM:  # natural parameters (k,) -> model
         i = 2
         comps = []
         if trend == "local-level":
@@ -95,7 +100,68 @@ def structural_spec(
             comps.append(autoregressive(par[n_var:], par[i]))
         return structural_model(*comps, sigma2_obs=par[0])
 
-    return ParametricModel(build, natural, tuple(names), theta0)
+    def build(theta: Tensor) -> LinearGaussianSSM:
+        return assemble(natural(theta))
+
+    # Without AR, Q and R are linear in the variances and nothing else depends on theta:
+    # the per-series model is sum_j sigma2_j (Q_j, R_j) with (Q_j, R_j) from unit variances.
+    unit = None
+    if not ar_order:
+        eye = torch.eye(n_var, dtype=y.dtype)
+        unit = [assemble(e) for e in eye]
+
+    def build_batch(theta: Tensor) -> LinearGaussianSSM:  # (b, k) -> (b, 1, ., .) matrices
+        if unit is None:  # the AR block checks stationarity on data: build one at a time
+            return stack_models([build(t) for t in theta])
+        var = natural(theta.T).T.to(unit[0].Q.dtype)  # (b, k), exp acts entry by entry
+        Qs = torch.stack([m.Q for m in unit])  # (k, n, n)
+        Rs = torch.stack([m.R for m in unit])  # (k, o, o)
+        b = theta.shape[0]
+        first = unit[0]
+        return LinearGaussianSSM(
+            F=first.F.expand(b, 1, *first.F.shape),
+            H=first.H.expand(b, 1, *first.H.shape),
+            Q=torch.einsum("bk,kij->bij", var, Qs).unsqueeze(1),
+            R=torch.einsum("bk,kij->bij", var, Rs).unsqueeze(1),
+            m0=first.m0.expand(b, -1),
+            P0=first.P0.expand(b, -1, -1),
+            P0_diffuse=first.P0_diffuse,
+        )
+
+    return ParametricModel(build, natural, tuple(names), theta0, build_batch, theta0_batch)
+
+
+def ar_spec(y: Tensor, order: int) -> ParametricModel:
+    """A zero-mean stationary AR(p) observed without noise, y_t = x_t (statsmodels'
+    ``SARIMAX(order=(p, 0, 0))``): parameters ar.L1..ar.Lp (through partial
+    autocorrelations) and sigma2, named and ordered as in SARIMAX.
+
+    Args:
+        y: (b, l, 1) data, used for the starting point only (sigma2 from var(y)).
+        order: p >= 1.
+    """
+    check_int("order", order, 1)
+    check_tensor("y", y)
+    if y.ndim != 3 or y.shape[-1] != 1:
+        raise ValueError(f"y must have shape (b, l, 1), got {tuple(y.shape)}")
+    names = (*[f"ar.L{i + 1}" for i in range(order)], "sigma2")
+
+    def start(x: Tensor) -> Tensor:  # (b, l) -> (b, k)
+        v = torch.nanmean((x - torch.nanmean(x, 1, keepdim=True)) ** 2, 1, keepdim=True)
+        v = v.nan_to_num(1.0).clamp_min(1e-8)
+        return torch.cat([torch.zeros(x.shape[0], order, dtype=v.dtype), v.log()], 1)
+
+    def natural(theta: Tensor) -> Tensor:
+        return torch.cat([pacf_to_ar(torch.tanh(theta[:order])), torch.exp(theta[order:])])
+
+    def build(theta: Tensor) -> LinearGaussianSSM:
+        par = natural(theta)
+        return structural_model(autoregressive(par[:order], par[order]), sigma2_obs=0.0)
+
+    x = y[..., 0]
+    return ParametricModel(
+        build, natural, names, start(x.reshape(1, -1))[0].to(y.dtype), None, start(x).to(y.dtype)
+    )
 
 
 def _tril(x: Tensor, k: int) -> Tensor:

@@ -255,3 +255,73 @@ def test_default_chunk_bounds_the_temporary():
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# --- issue 16, finding 6: modes whose exp(dt A) underflows give 0, not NaN ---
+
+
+def _edge_modes(dtype):
+    """A_bar with an exact 0, values around sqrt(tiny) (where |A|^2 underflows) and normal ones."""
+    real = torch.finfo(torch.empty((), dtype=dtype).real.dtype)
+    edge = real.tiny**0.5
+    values = [0.0, real.tiny, edge * 0.5, edge * 2, 1e-3, -0.5, 0.9]
+    return torch.tensor(values, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64, torch.complex64, C128])
+@pytest.mark.parametrize("L", [1, 7, 63, 1001])
+def test_vandermonde_with_underflowed_modes_equals_dense_powering(dtype, L):
+    A_bar = _edge_modes(dtype).reshape(1, -1)  # (1, n)
+    if dtype.is_complex:
+        A_bar = A_bar * torch.exp(torch.tensor(0.3j, dtype=dtype))  # off the real axis too
+    g = generator(3)
+    B_bar = torch.randn(1, A_bar.shape[-1], generator=g, dtype=F64).to(dtype).requires_grad_()
+    C = torch.randn(1, A_bar.shape[-1], generator=g, dtype=F64).to(dtype).requires_grad_()
+    K = kernel_diag(A_bar, B_bar, C, L, conj=False, chunk=5)
+    ref = kernel_dense(torch.diag_embed(A_bar), B_bar, C, L).real
+    assert torch.isfinite(K).all()
+    tol = 1e-5 if dtype in (torch.float32, torch.complex64) else 1e-12
+    assert_close(K, ref, atol=tol, rtol=tol)
+    for gk, gr in zip(grads(lambda b, c: kernel_diag(A_bar, b, c, L, conj=False), [B_bar, C]),
+                      grads(lambda b, c: kernel_dense(torch.diag_embed(A_bar), b, c, L).real,
+                            [B_bar, C]), strict=True):  # fmt: skip
+        assert torch.isfinite(gk).all()
+        assert_close(gk, gr, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("L", [1, 7, 63])
+def test_power_sum_with_underflowed_modes_equals_the_recurrence(L):
+    from ssmkit.core.kernels import power_sum
+
+    A_bar = _edge_modes(F64).reshape(1, -1)  # (h=1, n)
+    v = torch.randn(2, L, 1, generator=generator(4), dtype=F64)
+    expected = sum(A_bar**j * v[:, j].unsqueeze(-1) for j in range(L))  # (b, 1, n)
+    out = power_sum(A_bar, v, chunk=3)
+    assert torch.isfinite(out).all()
+    assert_close(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("layer", "kwargs"),
+    [("s4d", {"N": 64, "init": "real", "dt_min": 1.9, "dt_max": 2.0}),
+     ("s4d", {"N": 256, "init": "real", "dt_min": 0.9, "dt_max": 1.0}),
+     ("s4d", {"N": 64, "init": "legs", "dt_min": 1.9, "dt_max": 2.0}),
+     ("dss", {"N": 64, "dt_min": 1.9, "dt_max": 2.0})],
+)  # fmt: skip
+def test_conv_mode_equals_scan_mode_where_exp_dt_a_underflows(layer, kwargs):
+    from ssmkit.layers.dss import DSS
+    from ssmkit.layers.s4d import S4D
+
+    torch.manual_seed(0)
+    model = {"s4d": S4D, "dss": DSS}[layer](3, mode="conv", **kwargs)
+    x = torch.randn(2, 63, 3, generator=generator(1))
+    out = {}
+    for mode in ("conv", "scan"):
+        model.zero_grad()
+        model.mode = mode
+        y, _ = model(x)
+        y.square().sum().backward()
+        out[mode] = [y] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    for a, b in zip(out["conv"], out["scan"], strict=True):
+        assert torch.isfinite(a).all()
+        assert_close(a, b, atol=1e-4, rtol=1e-4)

@@ -141,3 +141,20 @@ def test_summary_counts_training_tokens_and_time(tmp_path):
     assert order_tokens < summary["steps"] * run.train.batch_size * task.spec.max_length
     assert 0 < summary["train_s"] <= summary["time_s"]
     assert summary["tokens_per_s"] == pytest.approx(order_tokens / summary["train_s"], rel=0.1)
+
+
+def test_init_from_starts_from_another_runs_weights(tmp_path):
+    first = tiny_run("selective-copying", "mamba")
+    train(first, tmp_path / "a", progress="off", log=lambda s: None)
+    changes = [("length", "20"), ("init_from", str(tmp_path / "a")), ("lr", "1e-12"),
+               ("max_steps", "1"), ("weight_decay", "0")]  # fmt: skip
+    longer = apply_overrides(first, changes)
+    train(longer, tmp_path / "b", progress="off", log=lambda s: None)
+    a, b = load_run(tmp_path / "a").model, load_run(tmp_path / "b", "last").model
+    fresh = build_model(longer, data.build_task(longer.task, longer.task_config).spec)
+    assert not torch.equal(fresh.head.weight, a.head.weight)  # a new init differs (trained a)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pb, pa, atol=1e-6, rtol=0, msg=name)
+    bad = apply_overrides(first, [("init_from", str(tmp_path / "missing"))])
+    with pytest.raises(ValueError, match="neither a weight file nor a run directory"):
+        train(bad, tmp_path / "c", progress="off", log=lambda s: None)

@@ -27,13 +27,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ssmkit`` command."""
+    """Entry point of the ``ssmkit`` command.
+
+    Bad input (a ValueError), a diverged training run (FloatingPointError) and a failing file
+    operation (an OSError: a full disk, an unwritable or missing path) end with one line on
+    stderr and exit status 2, no traceback.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "extra_ok", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.fn(args, extra) if getattr(args, "extra_ok", False) else args.fn(args))
-    except ValueError as e:  # bad input: one clear line, no traceback
+    except (ValueError, FloatingPointError) as e:  # bad input, divergence: one clear line
         print(f"ssmkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a missing or unwritable path: the same contract
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ssmkit {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2

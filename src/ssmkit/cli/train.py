@@ -12,6 +12,7 @@ from pathlib import Path
 from ssmkit.models.sequence import LAYERS
 
 PROGRESS = ("auto", "bar", "lines", "off")
+EXTEND = ("epochs", "max_steps", "train.epochs", "train.max_steps")  # allowed with --resume
 
 
 def _overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -38,10 +39,14 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from ssmkit.train.run import read_config
 
     if args.resume:
-        if extra or args.task or args.model:
-            raise ValueError("--resume continues a run as configured; drop the other options")
+        pairs = _overrides(extra)
+        if args.task or args.model or any(k not in EXTEND for k, _ in pairs):
+            raise ValueError(
+                "--resume continues a run as configured; only --epochs N and --max_steps N "
+                "may be given (to extend it)"
+            )
         run_dir = Path(args.resume)
-        run = read_config(run_dir)
+        run = apply_overrides(read_config(run_dir), pairs)
     else:
         run = apply_overrides(
             default_run(args.task or "digits", args.model or "s4d"), _overrides(extra)
@@ -61,7 +66,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         summary = train(run, run_dir, resume=bool(args.resume), progress=args.progress, log=say)
     except TrainingInterruptedError as e:
-        say(f"{e}; resume with: ssmkit train --resume {run_dir}")
+        if rank0:
+            print(f"{e}; resume with: ssmkit train --resume {run_dir}", file=sys.stderr)
         return 130
     if not rank0:
         return 0
@@ -100,6 +106,10 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     from ssmkit.train.run import load_run
 
     overrides = task_overrides(extra, "eval")
+    if args.batch_size < 1 or args.chunk < 0:
+        raise ValueError(
+            f"--batch-size must be >= 1 and --chunk >= 0, got {args.batch_size} and {args.chunk}"
+        )
     run = load_run(Path(args.run_dir), args.weights, args.device, overrides)
     if overrides and ({"n_train", "n_val"} & set(overrides)) and "seed" not in overrides:
         note = ("note: new split sizes with the training seed make test sequences that may have "

@@ -137,12 +137,33 @@ def kernel_diag(
     n = _check_modes(L, A_bar=A_bar, B_bar=B_bar, C=C)
     batch = torch.broadcast_shapes(A_bar.shape, B_bar.shape, C.shape)[:-1]
     cdtype = torch.promote_types(torch.promote_types(A_bar.dtype, C.dtype), torch.complex64)
-    log_A = torch.log(A_bar.to(cdtype)).expand(*batch, n).reshape(-1, n)  # (B, n)
+    log_A = log_modes(A_bar, cdtype).expand(*batch, n).reshape(-1, n)  # (B, n)
     CB = (C * B_bar).to(cdtype).expand(*batch, n).reshape(-1, n)  # (B, n)
     if conj:
         CB = CB * 2
     chunk = chunk or default_chunk(CB.shape[0], n, L)
     return _vandermonde(log_A, CB, L, chunk).reshape(*batch, L)
+
+
+# Real part of log A_bar where A_bar underflowed to 0: exp(j * LOG_ZERO) is exactly 0 for
+# j >= 1 in float32 and float64 (their exp underflows below -104 and -745) and 1 for j = 0,
+# while j * LOG_ZERO stays finite (no 0 * -inf = NaN) for any kernel length below 1e30.
+LOG_ZERO = -1e4
+
+
+def log_modes(A_bar: Tensor, cdtype: torch.dtype) -> Tensor:
+    """log A_bar in ``cdtype``, with modes that underflow (to 0 or near) at :data:`LOG_ZERO`.
+
+    exp(dt A) underflows to 0 for strongly damped modes (e.g. S4D-Real with N = 64 and dt
+    near 2); their powers A_bar^l are then 1 at l = 0 and 0 after, as the scan computes,
+    instead of NaN. Such modes get no gradient (it underflowed with them).
+    """
+    A = A_bar.to(cdtype)  # (*, n)
+    # below sqrt(tiny), |A|^2 underflows and the gradient of log (1 / conj A) is NaN; A^l
+    # is then below tiny for l >= 2 and A^1 lies far under the rounding of the l = 1 tap
+    zero = A.abs() < torch.finfo(A.real.dtype).tiny ** 0.5
+    log_A = torch.log(torch.where(zero, torch.ones_like(A), A))  # (*, n), no log(0) in autograd
+    return torch.where(zero, torch.full_like(log_A, LOG_ZERO), log_A)
 
 
 def _vandermonde(log_A: Tensor, CB: Tensor, L: int, c: int) -> Tensor:
@@ -300,7 +321,7 @@ def power_sum(A_bar: Tensor, v: Tensor, chunk: int | None = None) -> Tensor:
     real = not (A_bar.is_complex() or v.is_complex())
     cdtype = torch.promote_types(torch.promote_types(A_bar.dtype, v.dtype), torch.complex64)
     c = chunk or default_chunk(h, n, L)
-    table, heads = _power_blocks(torch.log(A_bar.to(cdtype)), L, c)  # (h, n, c), (h, m, n)
+    table, heads = _power_blocks(log_modes(A_bar, cdtype), L, c)  # (h, n, c), (h, m, n)
     m = heads.shape[-2]
     v = torch.nn.functional.pad(v, (0, 0, 0, m * c - L)).to(cdtype)  # (b, m c, h)
     blocks = v.reshape(b, m, c, h).permute(3, 0, 1, 2)  # (h, b, m, c)

@@ -1,7 +1,8 @@
 """Load local Hugging Face ``transformers`` Mamba checkpoints into ssmkit models.
 
 Only ``config.json`` and ``*.safetensors`` are read (a pickled ``pytorch_model.bin`` is never
-unpickled). Parameter names already match (:mod:`ssmkit.models.mamba_lm`), so loading is a
+unpickled); a sharded checkpoint's index may name only plain file names inside the directory.
+Parameter names already match (:mod:`ssmkit.models.mamba_lm`), so loading is a
 strict state-dict load that names any missing or unexpected tensor.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ssmkit.core.paths import is_plain_name
 from ssmkit.models.mamba_lm import MambaConfig, MambaLM
 
 Tensor = torch.Tensor
@@ -105,8 +107,37 @@ def _number(value: object) -> float:
     return float(value)
 
 
+INDEX = "model.safetensors.index.json"  # transformers' map of a sharded checkpoint
+
+
+def _shards(root: Path) -> list[Path]:
+    """The safetensors files to read: those the shard index names, else every one in ``root``.
+
+    Names read from the index must be plain file names of files in ``root`` (checked before
+    any file is opened).
+    """
+    index = root / INDEX
+    if not index.is_file():
+        return sorted(root.glob("*.safetensors"))
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(
+            f"{index} is not a shard index (no weight_map of file names): {e}"
+        ) from None
+    for name in names:
+        if not is_plain_name(name):
+            raise ValueError(
+                f"{index} names {name!r}; shards must be plain file names inside {root}"
+            )
+        if not (root / name).is_file():
+            raise ValueError(f"{index} names a missing shard {name!r}")
+    return [root / name for name in names]
+
+
 def _read_safetensors(root: Path) -> dict[str, Tensor]:
-    files = sorted(root.glob("*.safetensors"))
+    files = _shards(root)
     if not files:
         raise ValueError(
             f"no *.safetensors in {root}: only safetensors checkpoints are read "

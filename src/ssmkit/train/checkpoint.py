@@ -2,11 +2,18 @@
 
 A checkpoint in a run directory is two files: ``checkpoint-<step>.safetensors`` (model
 weights under ``model/``, optimiser moments under ``optim/<index>/``) and ``checkpoint.json``
-(format tag, step counters, optimiser hyper-parameters, the tensor file's name and SHA-256).
+(format tag, step counters, optimiser hyper-parameters, the tensor file's name and SHA-256,
+the run's resolved configuration and the ssmkit version that wrote it).
 Each file is written to a temporary name, flushed to disk and renamed into place; the JSON is
 replaced last and the previous tensor file removed only after that, so a crash at any moment
-leaves the previous or the new checkpoint complete. Loading checks the format tag, the hash
-and the tensor names, and raises :class:`CheckpointError` (a ValueError) on anything else.
+leaves the previous or the new checkpoint complete. A failed write removes its temporary file;
+one left by a killed process is removed by :func:`clean_stale` on the next start.
+
+Every weight file ssmkit writes (checkpoints and ``best.safetensors``) records the SHA-256 of
+its tensors (names, dtypes, shapes and bytes) in its safetensors metadata, verified on load.
+File names read from ``checkpoint.json`` must be plain names of files inside the run
+directory. Anything else raises :class:`CheckpointError` (a ValueError) before a file is
+opened, hashed or deleted.
 """
 
 from __future__ import annotations
@@ -14,30 +21,70 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ssmkit import __version__
+from ssmkit.core.paths import is_plain_name
 
 FORMAT = "ssmkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the index records the run's config and the ssmkit version
+READABLE = (1, 2)
 INDEX = "checkpoint.json"
+HASH_KEY = "sha256"  # safetensors metadata: SHA-256 of the tensors (see tensors_sha256)
+TENSOR_FILE = re.compile(r"checkpoint-\d{8}\.safetensors")
+TMP_FILE = re.compile(r"\..+\.tmp-(\d+)")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, foreign or does not fit the model."""
 
 
+def plain_name(value: object, where: str) -> str:
+    """``value`` if it is a plain file name (no directory part, not ``..``, not absolute).
+
+    Raises:
+        CheckpointError: naming ``where`` the value came from, before anything is opened.
+    """
+    if not is_plain_name(value):
+        raise CheckpointError(
+            f"{where} must be a plain file name inside the run directory, got {value!r}"
+        )
+    return value
+
+
+def file_in(folder: Path, name: object, where: str) -> Path:
+    """``folder/name`` for a plain ``name`` that is not a symbolic link (see :func:`plain_name`)."""
+    path = Path(folder) / plain_name(name, where)
+    if path.is_symlink():
+        raise CheckpointError(
+            f"{where}: {path} is a symbolic link; only plain files inside {folder} are read"
+        )
+    return path
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through ``.NAME.tmp-PID`` and rename; a failed write removes the temporary file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    _write_atomically(Path(path), lambda tmp: tmp.write_bytes(payload))
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
@@ -55,6 +102,43 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has only just started: the file is from an earlier one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists under another user, or no signal 0 on this platform
+        return True
+    return True
+
+
+def clean_stale(run_dir: Path) -> list[str]:
+    """Remove what a killed or failed write left in ``run_dir``; returns the removed names.
+
+    That is ``.NAME.tmp-PID`` files whose process no longer runs, and checkpoint tensor files
+    that a readable ``checkpoint.json`` does not name (a crash between writing the tensors and
+    the index).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    try:
+        current = read_index(run_dir)["tensors"] if has_checkpoint(run_dir) else None
+    except CheckpointError:
+        current = None  # unreadable index: leave the tensor files for the error to name
+    removed = []
+    for path in sorted(run_dir.iterdir()):
+        tmp = TMP_FILE.fullmatch(path.name)
+        stale = tmp is not None and not _pid_alive(int(tmp[1]))
+        orphan = current is not None and TENSOR_FILE.fullmatch(path.name) and path.name != current
+        if (stale or orphan) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -63,33 +147,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors: every name, dtype, shape and byte (independent of file layout)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    metadata = {**meta, "format": FORMAT, HASH_KEY: tensors_sha256(tensors)}
+    _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as independent contiguous CPU tensors (tied weights are copied)."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
 
 
 def save_weights(path: Path, model: torch.nn.Module, meta: dict[str, str] | None = None) -> None:
-    """Model weights alone, atomically (``best.safetensors``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(model_tensors(model), str(tmp), metadata={"format": FORMAT, **(meta or {})})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Model weights alone with their SHA-256, atomically (``best.safetensors``)."""
+    path = Path(path)
+    _save_tensors(path, model_tensors(model), meta or {})
 
 
 def load_weights(path: Path, model: torch.nn.Module) -> None:
-    """Load ``path`` (from :func:`save_weights` or a checkpoint) into ``model``, strictly."""
-    tensors = _read_tensors(Path(path))
+    """Load ``path`` (from :func:`save_weights` or a checkpoint) into ``model``, strictly.
+
+    Raises:
+        CheckpointError: the file is a symbolic link, unreadable, has no recorded SHA-256,
+            its tensors differ from it, or they do not fit ``model``.
+    """
+    path = Path(path)
+    path = file_in(path.parent, path.name, "weights file")
+    tensors = _read_tensors(path, require_hash=True)
     prefix = "model/" if any(k.startswith("model/") for k in tensors) else ""
     weights = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
     _load_strict(model, weights, path)
 
 
 def save_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, meta: dict
+    run_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict,
+    config: dict | None = None,
 ) -> Path:
-    """Write the model, the optimiser state and ``meta`` (JSON-able counters) atomically."""
+    """Write the model, the optimiser state, ``meta`` (JSON-able counters) and the run's
+    resolved ``config`` (``RunConfig.to_json()``) atomically; returns the tensor file."""
     run_dir = Path(run_dir)
     tensors = {f"model/{k}": v for k, v in model_tensors(model).items()}
     opt = optimizer.state_dict()
@@ -100,20 +207,18 @@ def save_checkpoint(
             tensors[f"optim/{idx}/{key}"] = value.detach().cpu().contiguous().clone()
     name = f"checkpoint-{int(meta['step']):08d}.safetensors"
     target = run_dir / name
-    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": FORMAT})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    _save_tensors(target, tensors, {})
     index_path = run_dir / INDEX
     previous = _previous_tensor_file(index_path)
     index = {
         "format": FORMAT,
         "version": VERSION,
+        "ssmkit_version": __version__,
         "tensors": name,
         "sha256": _sha256(target),
         "param_groups": opt["param_groups"],
         "meta": meta,
+        "config": config,
     }
     atomic_write_json(index_path, index)
     if previous and previous != name:
@@ -122,20 +227,25 @@ def save_checkpoint(
 
 
 def _previous_tensor_file(index_path: Path) -> str | None:
+    """The tensor file the current index names, if it is one ssmkit wrote (else never deleted)."""
     try:
-        return json.loads(index_path.read_text())["tensors"]
+        name = json.loads(index_path.read_text())["tensors"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return name if isinstance(name, str) and TENSOR_FILE.fullmatch(name) else None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
     return (Path(run_dir) / INDEX).exists()
 
 
-def load_checkpoint(
-    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> dict:
-    """Restore the model (and optimiser) from ``run_dir``; returns the saved ``meta``."""
+def read_index(run_dir: Path) -> dict:
+    """The validated ``checkpoint.json`` of ``run_dir`` (no tensor file is opened).
+
+    Raises:
+        CheckpointError: missing, not JSON, foreign, an unknown version, or an entry of the
+            wrong type (a tensor file that is not a plain name inside ``run_dir``).
+    """
     run_dir = Path(run_dir)
     index_path = run_dir / INDEX
     if not index_path.exists():
@@ -146,16 +256,35 @@ def load_checkpoint(
         raise CheckpointError(f"{index_path} is corrupted (not valid JSON: {e})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise CheckpointError(f"{index_path} is not an ssmkit checkpoint (format tag missing)")
-    if index.get("version") != VERSION:
+    if index.get("version") not in READABLE:
         raise CheckpointError(
             f"{index_path}: unsupported checkpoint version {index.get('version')}"
         )
-    tensor_path = run_dir / str(index.get("tensors"))
+    plain_name(index.get("tensors"), f"{index_path} entry 'tensors'")
+    expected = {"sha256": str, "meta": dict, "param_groups": list}
+    if index["version"] >= 2:  # config: None when saved without one (not by ``train``)
+        expected |= {"config": (dict, type(None)), "ssmkit_version": str}
+    for key, kind in expected.items():
+        if not isinstance(index.get(key), kind):
+            kind = kind if isinstance(kind, type) else kind[0]
+            raise CheckpointError(
+                f"{index_path} entry {key!r} must be a {kind.__name__}, got {index.get(key)!r:.60}"
+            )
+    return index
+
+
+def load_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+) -> dict:
+    """Restore the model (and optimiser) from ``run_dir``; returns the saved ``meta``."""
+    run_dir = Path(run_dir)
+    index = read_index(run_dir)
+    tensor_path = file_in(run_dir, index["tensors"], f"{run_dir / INDEX} entry 'tensors'")
     if not tensor_path.is_file():
-        raise CheckpointError(f"{index_path} names a missing tensor file {tensor_path.name}")
-    if _sha256(tensor_path) != index.get("sha256"):
+        raise CheckpointError(f"{INDEX} names a missing tensor file {tensor_path.name}")
+    if _sha256(tensor_path) != index["sha256"]:
         raise CheckpointError(f"{tensor_path} is corrupted (SHA-256 differs from {INDEX})")
-    tensors = _read_tensors(tensor_path)
+    tensors = _read_tensors(tensor_path, require_hash=False)  # the index's hash covers it
     weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     _load_strict(model, weights, tensor_path)
     if optimizer is not None:
@@ -166,16 +295,28 @@ def load_checkpoint(
                 state.setdefault(int(idx), {})[name] = value
         try:
             optimizer.load_state_dict({"state": state, "param_groups": index["param_groups"]})
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"optimizer state in {run_dir} does not fit: {e}") from None
     return index["meta"]
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path, require_hash: bool) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked against the SHA-256 in its metadata."""
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    recorded = meta.get(HASH_KEY)
+    if recorded is None and require_hash:
+        raise CheckpointError(
+            f"{path} has no recorded SHA-256 (written by an older ssmkit), so it cannot be "
+            "verified; load the last checkpoint instead (--weights last)"
+        )
+    if recorded is not None and tensors_sha256(tensors) != recorded:
+        raise CheckpointError(f"{path} is corrupted (its tensors differ from their SHA-256)")
+    return tensors
 
 
 def _load_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], path) -> None:

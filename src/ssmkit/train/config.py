@@ -11,12 +11,43 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 from ssmkit import data
-from ssmkit.core.config import parse_field
+from ssmkit.core.config import base_type, field_types, parse_field
 from ssmkit.models.sequence import ModelConfig
 
 SCHEDULES = ("cosine", "constant")
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def parse_device(text: object, where: str = "device") -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:K`` as a torch device (whether it exists is not checked).
+
+    Raises:
+        ValueError: naming ``where`` and the value, for anything else.
+    """
+    try:
+        device = torch.device(text) if isinstance(text, str) else None
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"{where} must be cpu, cuda or cuda:K, got {text!r}")
+    return device
+
+
+def available_device(text: object, where: str = "device") -> torch.device:
+    """:func:`parse_device`, refused when that CUDA device does not exist on this machine."""
+    device = parse_device(text, where)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{where}={text!r} but CUDA is not available here")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{where}={text!r} but this machine has {count} CUDA device(s)")
+    return device
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,7 @@ class TrainConfig:
     eval_batch_size: int = 256  # batch size of evaluation
     device: str = "cpu"  # cpu, cuda or cuda:K
     threads: int = 0  # torch CPU threads (0: torch's default)
+    init_from: str | None = None  # start from these weights: a run directory (its best) or file
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size"):
@@ -52,6 +84,7 @@ class TrainConfig:
             raise ValueError("weight_decay and grad_clip must be >= 0")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        parse_device(self.device, "device")
 
 
 @dataclass(frozen=True)
@@ -73,9 +106,18 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, obj: dict) -> RunConfig:
+        """The config saved by :meth:`to_json`; every field's type is checked.
+
+        Raises:
+            ValueError: a missing entry, an unknown field or a value of the wrong type.
+        """
+        if not isinstance(obj, dict):
+            raise ValueError(f"config.json must hold an object, got {type(obj).__name__}")
         missing = {"task", "task_config", "model", "train"} - set(obj)
         if missing:
             raise ValueError(f"config.json lacks the entries {sorted(missing)}")
+        if not isinstance(obj["task"], str):
+            raise ValueError(f"task must be a task name (str), got {obj['task']!r}")
         task_cfg = data.task_config(obj["task"])
         return cls(
             task=obj["task"],
@@ -85,12 +127,31 @@ class RunConfig:
         )
 
 
-def _build(cls: type, values: dict, where: str):
+def _build(cls: type, values: object, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be an object of fields, got {values!r:.60}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}; valid: {sorted(names)}")
-    return cls(**values)
+    types = field_types(cls)
+    return cls(**{k: _typed(types[k], v, f"{where}.{k}") for k, v in values.items()})
+
+
+def _typed(annotation: object, value: object, where: str) -> object:
+    """``value`` read from JSON if it has the field's type (an int is a float; no bool is an
+    int); a path field takes a string."""
+    base, optional = base_type(annotation)
+    if value is None and optional:
+        return None
+    if base is float and type(value) in (int, float):
+        return float(value)
+    if base is Path and isinstance(value, str):
+        return Path(value)
+    if type(value) is base or (base is Path and isinstance(value, Path)):
+        return value
+    expected = f"{getattr(base, '__name__', base)}{' or null' if optional else ''}"
+    raise ValueError(f"{where} must be {expected}, got {value!r}")
 
 
 # Settings measured to work for a task, by config section ("task", "model", "train");

@@ -27,9 +27,16 @@ from ssmkit.models.sequence import IOSpec, SequenceModel
 from ssmkit.ops.selective_scan import cpu_numba
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train import distributed
-from ssmkit.train.config import RunConfig, TrainConfig
+from ssmkit.train.config import RunConfig, TrainConfig, available_device
 from ssmkit.train.objectives import batch_sums, better, finalize, primary_metric
 from ssmkit.train.progress import Progress
+from ssmkit.train.resume import (
+    EXTENDABLE,
+    check_resume,
+    config_changes,
+    prepare_dir,
+    truncate_metrics,
+)
 
 Tensor = torch.Tensor
 Callback = Callable[[int, dict], None]
@@ -74,6 +81,19 @@ def get_batch(
     return x.to(device), y.to(device), lengths.to(device)
 
 
+def load_init(path: Path, model: torch.nn.Module) -> None:
+    """Load the weights ``TrainConfig.init_from`` names into ``model`` (same architecture):
+    a ``.safetensors`` file, or a run directory's ``best.safetensors`` (else its checkpoint)."""
+    if path.is_file():
+        ckpt.load_weights(path, model)
+    elif (path / "best.safetensors").is_file():
+        ckpt.load_weights(path / "best.safetensors", model)
+    elif ckpt.has_checkpoint(path):
+        ckpt.load_checkpoint(path, model)
+    else:
+        raise ValueError(f"init_from={str(path)!r} is neither a weight file nor a run directory")
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 0 (or constant)."""
     if step < cfg.warmup_steps:
@@ -89,6 +109,8 @@ def evaluate(
     model: torch.nn.Module, split: data.Split, kind: str, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     """Metrics of ``model`` on a whole split (in order, no dropout)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -132,20 +154,14 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def _truncate_metrics(path: Path, step: int, after_eval: bool) -> None:
-    """Drop records written after the checkpoint we resume from.
-
-    ``after_eval``: the checkpoint was taken at an epoch's end, after its validation record;
-    otherwise a validation record at the checkpoint's step will be written again on resume.
-    """
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec["step"] < step or (rec["step"] == step and (after_eval or rec["split"] == "train")):
-            keep.append(line)
-    ckpt.atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
+def _diverged(step: int, loss: float, norm: Tensor, cfg: TrainConfig) -> str:
+    """The message of a training step whose loss or gradient is not finite."""
+    return (
+        f"training diverged at step {step} (loss {loss:.4g}, gradient norm {float(norm):.4g}); "
+        f"the weights were not updated and the last checkpoint is kept. Likely cause: lr "
+        f"{cfg.lr:g} is too high for this model (start again with a lower --lr, "
+        "--warmup_steps or --grad_clip 1), or non-finite values in the data"
+    )
 
 
 def train(
@@ -159,7 +175,9 @@ def train(
     """Train (or resume) the run in ``run_dir``; returns the summary also saved as JSON.
 
     Args:
-        run: the configuration (saved as ``config.json``; on resume it must equal the saved one).
+        run: the configuration (saved as ``config.json``). On resume it and ``config.json`` must
+            equal the configuration recorded in the checkpoint, except ``epochs`` and
+            ``max_steps``, which may grow to extend the run (``config.json`` is updated).
         run_dir: the run directory (created if missing).
         resume: continue from the checkpoint in ``run_dir``.
         progress: "auto", "bar", "lines" or "off".
@@ -168,11 +186,13 @@ def train(
 
     Raises:
         TrainingInterruptedError: after SIGINT/SIGTERM, once the checkpoint is written.
+        FloatingPointError: a non-finite loss or gradient (before the weights change).
+        ValueError: a configuration changed since the checkpoint (listing the fields), a
+            device not on this machine, a run directory that is a file or not writable.
+        CheckpointError: (a ValueError) a missing, corrupted or foreign checkpoint.
     """
     cfg = run.train
-    device = torch.device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={cfg.device!r} but CUDA is not available here")
+    device = available_device(cfg.device, "device")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = distributed.init(device)
@@ -203,17 +223,33 @@ def train(
              "run_loss": 0.0, "run_n": 0, "tokens": 0, "train_s": 0.0, "cpu_s": 0.0}  # fmt: skip
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
-        saved = RunConfig.from_json(json.loads((run_dir / "config.json").read_text()))
-        if saved.to_json() != run.to_json():
-            raise ValueError(f"the configuration differs from {run_dir / 'config.json'}")
+        saved = check_resume(run, run_dir, ckpt.read_index(run_dir), log)
         state.update(ckpt.load_checkpoint(run_dir, model, optimizer))
+        if cfg.epochs < state["epoch"] or 0 < cfg.max_steps < state["step"]:
+            raise ValueError(
+                f"epochs={cfg.epochs}, max_steps={cfg.max_steps} would end {run_dir} before "
+                f"the {state['epoch']} epochs and {state['step']} steps it has made"
+            )
+        extended = {k: v for k, v in config_changes(saved, run.to_json()).items()
+                    if k in EXTENDABLE}  # fmt: skip
         if dist.main:
-            _truncate_metrics(metrics_path, state["step"], after_eval=state["batch"] == 0)
+            for name in ckpt.clean_stale(run_dir):
+                log(f"removed {name} (left by an interrupted write)")
+            torn = truncate_metrics(metrics_path, state["step"], after_eval=state["batch"] == 0)
+            if torn:
+                log(f"dropped {torn} incomplete line(s) of {metrics_path.name}")
+            if extended:
+                ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
+        for k, (a, b) in extended.items():
+            log(f"{k}: {a} -> {b} (the learning-rate schedule now spans {total} steps)")
         log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch'] + 1})")
-    elif dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    elif cfg.init_from:  # fine-tuning / curriculum: same architecture, new task or length
+        load_init(Path(cfg.init_from), model)
+    if not resume and dist.main:
+        prepare_dir(run_dir)
         if ckpt.has_checkpoint(run_dir):
             raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume)")
+        ckpt.clean_stale(run_dir)
         ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
         metrics_path.write_text("")
     distributed.barrier(dist)
@@ -230,7 +266,7 @@ def train(
 
     def save() -> None:
         if dist.main:
-            ckpt.save_checkpoint(run_dir, model, optimizer, dict(state))
+            ckpt.save_checkpoint(run_dir, model, optimizer, dict(state), run.to_json())
         distributed.barrier(dist)
 
     if device.type == "cpu" and any(isinstance(m, Mamba) for m in model.modules()):
@@ -262,17 +298,14 @@ def train(
                 loss = sums["loss"] / count.clamp_min(1.0) * dist.world
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                # clipping at inf leaves the gradients as they are and gives their norm
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
                 step_loss = float(
                     distributed.all_sum(sums["loss"].detach(), dist) / count.clamp_min(1)
                 )
-                if not math.isfinite(step_loss):
-                    raise FloatingPointError(
-                        f"the training loss became {step_loss} at step {state['step']}; lower "
-                        "--lr or enable --grad_clip"
-                    )
+                if not (math.isfinite(step_loss) and math.isfinite(float(norm))):
+                    raise FloatingPointError(_diverged(state["step"] + 1, step_loss, norm, cfg))
+                optimizer.step()
                 state["step"] += 1
                 state["batch"] += 1
                 state["run_loss"] += step_loss

@@ -6,12 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from ssmkit import data
 from ssmkit.models.sequence import SequenceModel
 from ssmkit.train import checkpoint as ckpt
-from ssmkit.train.config import RunConfig
+from ssmkit.train.config import RunConfig, available_device
 from ssmkit.train.loop import build_model
 
 WEIGHTS = ("best", "last")
@@ -26,14 +24,22 @@ class LoadedRun:
 
 
 def read_config(run_dir: Path) -> RunConfig:
-    """The :class:`RunConfig` saved in ``run_dir/config.json``."""
+    """The :class:`RunConfig` saved in ``run_dir/config.json``, every field type-checked.
+
+    A data file it names (``task.path``) must be a regular file: the readers never open a
+    device, a pipe or a folder that a config they did not write points them to.
+    """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not an ssmkit run directory (no config.json)")
     try:
-        return RunConfig.from_json(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
+        run = RunConfig.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a valid run configuration: {e}") from None
+    data_path = getattr(run.task_config, "path", None)
+    if data_path is not None and Path(data_path).exists() and not Path(data_path).is_file():
+        raise ValueError(f"{path}: task.path must name a regular data file, got {data_path!r}")
+    return run
 
 
 # What a task's spec says about the model's input and output spaces: a rebuilt task must keep
@@ -56,12 +62,17 @@ def load_run(
     ``task_overrides`` (field -> value or string) rebuilds the task with other fields (another
     length, seed or split size); the model is still built for the task it was trained on.
 
+    Every weight file is verified against its recorded SHA-256 before it is used.
+
     Raises:
         ValueError: an override names an unknown field or changes the model's input/output
-            spaces (vocabulary, classes, features, normalisation).
+            spaces (vocabulary, classes, features, normalisation); a device that is not
+            ``cpu``/``cuda[:K]`` or not on this machine.
+        CheckpointError: (a ValueError) a weight file that is missing, corrupted or foreign.
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    target = available_device(device, "device")
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     task = data.build_task(config.task, config.task_config)
@@ -73,7 +84,7 @@ def load_run(
         ckpt.load_weights(best, model)
     else:
         ckpt.load_checkpoint(run_dir, model)
-    model.to(torch.device(device)).eval()
+    model.to(target).eval()
     return LoadedRun(run_dir, config, task, model)
 
 

@@ -37,7 +37,10 @@ def _series(tmp_path, n=30):
 def test_fit_bundled_nile(tmp_path, capsys):
     assert run(["fit", "--example", "nile", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for text in ("sigma2.irregular", "sigma2.level", "log-likelihood -633.46", "AIC", "BIC"):
+    for text in ("sigma2.irregular", "sigma2.level", "Log Likelihood", "AIC", "BIC", "HQIC"):
+        assert text in out
+    assert "-633.465" in out  # statsmodels' exact diffuse optimum: -633.4646
+    for text in ("Model:", "local level", "Ljung-Box (L1) (Q):", "Jarque-Bera (JB):"):
         assert text in out
     est = {
         line.split()[0]: float(line.split()[1])
@@ -50,6 +53,7 @@ def test_fit_bundled_nile(tmp_path, capsys):
     assert rows[0] == ["year", "y", "state0", "state0_sd"] and rows[1][0] == "1871"
     assert len(rows) == 101
     assert (tmp_path / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fit_and_forecast_tmp_csv(tmp_path, capsys):
@@ -73,6 +77,8 @@ def test_fit_and_forecast_tmp_csv(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "series 'sales', 29 observations (30 time steps, 1 missing)" in out
+    assert "Missing values:" in out and "Prob(H) (two-sided):" in out
+    assert (tmp_path / "o" / "diagnostics.png").is_file()
     rows = list(csv.reader((tmp_path / "o" / "smoothed_states.csv").open()))
     assert rows[0][0] == "date" and len(rows) == 31 and rows[8][1] == "nan"
     assert (
@@ -129,3 +135,13 @@ def test_read_csv(tmp_path):
         read_csv(_csv(tmp_path / "i.csv", [["a"], ["inf"]]))
     nile = load_nile()
     assert nile.y.shape == (100, 1) and nile.index[0] == "1871" and float(nile.y[0, 0]) == 1120
+
+
+def test_fit_approximate_diffuse_burns_like_statsmodels(tmp_path, capsys):
+    """--diffuse approximate leaves one step per diffuse state out of the likelihood, as
+    statsmodels' UnobservedComponents does (its default fit of the Nile: llf -632.538)."""
+    argv = ["fit", "--example", "nile", "--diffuse", "approximate", "--out", str(tmp_path)]
+    assert run(argv) == 0
+    out = capsys.readouterr().out
+    assert "Log Likelihood                -632.538" in out
+    assert "Diffuse init.:            approximate" in out

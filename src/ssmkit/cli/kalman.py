@@ -2,15 +2,20 @@
 
     ssmkit fit data.csv --model local-level [--column flow] [--out DIR]
     ssmkit fit --example nile --model local-linear-trend --seasonal 4 --ar 1
+    ssmkit fit --example sunspots --model arima --order 2 0 0 --trend c
     ssmkit forecast --example nile --horizon 10 [--level 0.9] [--out DIR]
 
-``fit`` estimates the variances (and AR coefficients) by maximum likelihood, prints them
-with standard errors, the log-likelihood, AIC, BIC and the number of observations (time
-steps less missing values; empty cells, NA and, in a one-column file, empty lines are
-missing values kept at their time step), and writes the smoothed states
-(``smoothed_states.csv``) and a plot of data, smoothed level and forecast (``forecast.png``,
-needs matplotlib). ``forecast`` fits the same way, then prints and writes
-(``forecast.csv``) the mean and prediction interval of the next ``--horizon`` values.
+``fit`` estimates the variances (and AR coefficients) by maximum likelihood and prints a
+statsmodels-style summary: estimates with standard errors, z, p-values and 95% intervals,
+log-likelihood, AIC, BIC, HQIC, the number of observations (time steps less missing values;
+empty cells, NA and, in a one-column file, empty lines are missing values kept at their time
+step) and residual tests (Ljung-Box, Jarque-Bera, heteroskedasticity). It writes the smoothed
+states (``smoothed_states.csv``), a plot of data, smoothed level and forecast
+(``forecast.png``) and the residual diagnostics (``diagnostics.png``; plots need matplotlib).
+With ``--diffuse approximate`` the first step per diffuse state is left out of the
+likelihood (statsmodels' ``loglikelihood_burn``). ``forecast`` fits the same way, then
+prints and writes (``forecast.csv``) the mean and prediction interval of the next
+``--horizon`` values.
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ from pathlib import Path
 
 
 def _load(args: argparse.Namespace):
-    from ssmkit.probabilistic.io import load_nile, read_csv
+    from ssmkit.probabilistic.io import load_nile, load_sunspots, read_csv
 
     if (args.csv is None) == (args.example is None):
-        raise ValueError("give either a CSV file or --example nile (not both)")
+        raise ValueError("give either a CSV file or --example nile|sunspots (not both)")
     if args.example and args.column:
         raise ValueError("--column applies to a CSV file, not to --example")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the notes are printed below instead
-        series = load_nile() if args.example else read_csv(args.csv, args.column)
+        examples = {"nile": load_nile, "sunspots": load_sunspots}
+        series = examples[args.example]() if args.example else read_csv(args.csv, args.column)
     for note in series.notes:
         print(f"ssmkit {args.command}: note: {note}", file=sys.stderr)
     if series.y.shape[1] != 1:
@@ -43,6 +49,8 @@ def _load(args: argparse.Namespace):
 
 
 def _fit(args: argparse.Namespace):
+    import torch
+
     from ssmkit.probabilistic.fit import fit_mle
     from ssmkit.probabilistic.spec import structural_spec
 
@@ -53,8 +61,43 @@ def _fit(args: argparse.Namespace):
             f"--seasonal {args.seasonal} is longer than the series ({series.n_steps} time "
             "steps): a seasonal pattern needs at least one full period of data"
         )
+    if args.model == "arima":
+        return series, y, fit_mle(_arima_spec(args, y), y, diffuse=args.diffuse)
+    if args.order is not None or args.seasonal_order is not None or args.trend is not None:
+        raise ValueError("--order, --seasonal-order and --trend need --model arima")
     spec = structural_spec(y, args.model, args.seasonal, args.ar)
-    return series, y, fit_mle(spec, y, diffuse=args.diffuse)
+    burn = 0
+    if args.diffuse == "approximate":  # statsmodels' burn: one step per diffuse state
+        with torch.no_grad():
+            Pd = spec.build(spec.theta0).P0_diffuse
+        burn = 0 if Pd is None else int(torch.linalg.matrix_rank(Pd))
+    return series, y, fit_mle(spec, y, diffuse=args.diffuse, burn=burn)
+
+
+def _arima_spec(args: argparse.Namespace, y):
+    from ssmkit.probabilistic.arima import sarima_spec
+
+    if args.order is None:
+        raise ValueError("--model arima needs --order p d q")
+    if args.seasonal or args.ar:
+        raise ValueError("--seasonal and --ar apply to structural models; use --seasonal-order")
+    seasonal_order = tuple(args.seasonal_order) if args.seasonal_order else (0, 0, 0, 0)
+    return sarima_spec(y, tuple(args.order), seasonal_order, args.trend or "n")
+
+
+def model_name(args: argparse.Namespace) -> str:
+    """'local level + seasonal(12) + AR(2)' or 'ARIMA(2, 0, 0) + constant'."""
+    if args.model == "arima":
+        name = "ARIMA({}, {}, {})".format(*args.order)
+        if args.seasonal_order and any(args.seasonal_order[:3]):
+            name += "({}, {}, {}, {})".format(*args.seasonal_order)
+        return name + (" + constant" if args.trend == "c" else "")
+    parts = [args.model.replace("-", " ")]
+    if args.seasonal:
+        parts.append(f"seasonal({args.seasonal})")
+    if args.ar:
+        parts.append(f"AR({args.ar})")
+    return " + ".join(parts)
 
 
 def observation_count(series) -> str:
@@ -65,27 +108,23 @@ def observation_count(series) -> str:
     return f"{n} observations ({series.n_steps} time steps, {l - n} missing)"
 
 
-def _report(series, res) -> None:
-    print(f"{'parameter':24} {'estimate':>14} {'std. error':>12}")
-    for name, value, se in zip(res.names, res.params.tolist(), res.se.tolist(), strict=True):
-        print(f"{name:24} {value:14.6g} {se:12.4g}")
-    print(f"log-likelihood {res.loglik:.6f}   AIC {res.aic:.4f}   BIC {res.bic:.4f}")
+def _report(args: argparse.Namespace, series, res) -> None:
+    print(res.summary(model_name=model_name(args), y_name=series.columns[0]))
     print(f"series {series.columns[0]!r}, {observation_count(series)}")
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from ssmkit.probabilistic.filters import rts_smoother
-    from ssmkit.probabilistic.forecast import forecast
+    from ssmkit.probabilistic.plots import pyplot
 
     try:
         series, y, res = _fit(args)
     except ValueError as err:
         print(f"ssmkit fit: error: {err}", file=sys.stderr)
         return 2
-    _report(series, res)
+    _report(args, series, res)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sm = rts_smoother(res.model, y, diffuse=args.diffuse)
+    sm = res.smoothed
     path = out / "smoothed_states.csv"
     n = sm.m.shape[-1]
     labels = series.index or tuple(str(t) for t in range(y.shape[1]))
@@ -104,19 +143,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 + [f"{float(v):.10g}" for v in sd[0, t]]
             )
     print(f"smoothed states written to {path}")
-    fc = forecast(res.model, y, args.horizon, diffuse=args.diffuse, level=args.level)
+    fc = res.forecast(args.horizon, args.level)
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot written (pip install matplotlib)")
+        plt = pyplot()
+    except ValueError as err:
+        print(f"no plots written: {err}")
         return 0
     l = y.shape[1]
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(range(l), y[0, :, 0], ".", color="0.4", label="data")
-    ax.plot(range(l), (sm.m[0] @ res.model.H[0]).detach(), label="smoothed signal")
+    signal = sm.m[0] @ res.model.H.reshape(-1, sm.m.shape[-1])[0]  # (l,) H x_t
+    ax.plot(range(l), signal.detach(), label="smoothed signal")
     tf = range(l, l + args.horizon)
     ax.plot(tf, fc.mean[0, :, 0], label="forecast")
     ax.fill_between(
@@ -126,24 +163,24 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         alpha=0.3,
         label=f"{int(100 * args.level)}% interval",
     )
-    ax.set_title(f"{args.model} model of {series.columns[0]}")
+    ax.set_title(f"{model_name(args)} model of {series.columns[0]}")
     ax.legend()
     png = out / "forecast.png"
     fig.savefig(png, dpi=100)
     plt.close(fig)
     print(f"plot written to {png}")
+    png = res.plot_diagnostics(out / "diagnostics.png")
+    print(f"residual diagnostics plot written to {png}")
     return 0
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
-    from ssmkit.probabilistic.forecast import forecast
-
     try:
-        _, y, res = _fit(args)
+        _, _, res = _fit(args)
     except ValueError as err:
         print(f"ssmkit forecast: error: {err}", file=sys.stderr)
         return 2
-    fc = forecast(res.model, y, args.horizon, diffuse=args.diffuse, level=args.level)
+    fc = res.forecast(args.horizon, args.level)
     pct = f"{100 * args.level:g}%"
     print(f"{'step':>4} {'mean':>14} {pct + ' lower':>14} {pct + ' upper':>14}")
     rows = []
@@ -165,9 +202,20 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("csv", nargs="?", help="CSV file with a header row (or use --example)")
-    p.add_argument("--example", choices=["nile"], help="use a bundled data set instead")
+    p.add_argument("--example", choices=["nile", "sunspots"], help="use a bundled data set instead")
     p.add_argument("--column", action="append", help="column to model (default: the only one)")
-    p.add_argument("--model", default="local-level", choices=["local-level", "local-linear-trend"])
+    p.add_argument(
+        "--model", default="local-level", choices=["local-level", "local-linear-trend", "arima"]
+    )
+    p.add_argument("--order", type=int, nargs=3, metavar=("P", "D", "Q"), help="ARIMA order")
+    p.add_argument(
+        "--seasonal-order",
+        type=int,
+        nargs=4,
+        metavar=("P", "D", "Q", "S"),
+        help="seasonal ARIMA order and period",
+    )
+    p.add_argument("--trend", choices=["n", "c"], help="ARIMA constant: c (needs d = D = 0)")
     p.add_argument("--seasonal", type=int, default=0, help="add a seasonal of this period")
     p.add_argument("--ar", type=int, default=0, help="add an AR component of this order")
     p.add_argument(
@@ -182,11 +230,15 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``fit`` and ``forecast`` to the ``ssmkit`` command."""
-    fit = sub.add_parser("fit", help="fit a structural time series model by maximum likelihood")
+    fit = sub.add_parser(
+        "fit", help="fit a structural or (seasonal) ARIMA model by maximum likelihood"
+    )
     _common(fit)
     fit.add_argument("--out", default="ssmkit-out", help="output directory (default ssmkit-out)")
     fit.set_defaults(fn=_cmd_fit)
-    fc = sub.add_parser("forecast", help="fit a structural model, then forecast with intervals")
+    fc = sub.add_parser(
+        "forecast", help="fit a structural or ARIMA model, then forecast with intervals"
+    )
     _common(fc)
     fc.add_argument("--out", default=None, help="also write forecast.csv to this directory")
     fc.set_defaults(fn=_cmd_forecast)

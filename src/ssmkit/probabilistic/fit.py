@@ -13,7 +13,6 @@ likelihood by the compiled filter with its adjoint gradient where it applies.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -29,6 +28,7 @@ from ssmkit.probabilistic.fit_batch import (
     value_and_grad,
 )
 from ssmkit.probabilistic.model import LinearGaussianSSM
+from ssmkit.probabilistic.results import MLEResult, information_criteria
 
 Tensor = torch.Tensor
 
@@ -44,22 +44,7 @@ class ParametricModel:
     # theta (b, k) -> one model with per-series (b, 1, ., .) matrices; None: stack b builds
     build_batch: Callable[[Tensor], LinearGaussianSSM] | None = None
     theta0_batch: Tensor | None = None  # (b, k) per-series starting points, or None
-
-
-@dataclass(frozen=True)
-class MLEResult:
-    """Output of :func:`fit_mle`."""
-
-    params: Tensor  # (k,) natural parameters at the optimum; (b, k) with per_series
-    names: tuple[str, ...]  # their names
-    theta: Tensor  # (k,) or (b, k) unconstrained optimum
-    se: Tensor  # (k,) or (b, k) standard errors of params (NaN: Hessian not definite)
-    loglik: float  # maximised log-likelihood (summed over series)
-    aic: float  # -2 loglik + 2 k' (k' = k + number of exactly diffuse states; times b
-    bic: float  # per series) and -2 loglik + k' log(n_eff) (n_eff = observed steps after burn)
-    iterations: int  # optimiser iterations run
-    model: LinearGaussianSSM  # the fitted model (per-series matrices with per_series)
-    loglik_series: Tensor | None = None  # (b,) each series' maximised log-likelihood
+    seasonal_period: int = 0  # period of a seasonal component (sets the Ljung-Box lag)
 
 
 def _objective(
@@ -119,7 +104,9 @@ def fit_mle(
             has its own, fitted independently (params (b, k)).
 
     Returns:
-        An :class:`MLEResult`.
+        An :class:`~ssmkit.probabilistic.results.MLEResult`: estimates, standard errors,
+        information criteria, and methods for the summary, residual diagnostics, smoothed
+        states and forecasts.
 
     Raises:
         ValueError: y is not (b, l, o), holds infinite values, or has fewer observed values
@@ -172,7 +159,7 @@ def fit_mle(
     if diffuse == "exact" and model.P0_diffuse is not None:
         k += int(torch.linalg.matrix_rank(model.P0_diffuse))
     n_eff = int((~torch.isnan(y)).any(-1).sum()) - burn * y.shape[0]
-    aic, bic = information_criteria(loglik, k, n_eff)
+    aic, bic, _ = information_criteria(loglik, k, n_eff)
     with torch.no_grad():
         per = log_likelihood(model, y, u, method, diffuse, kappa, burn, validate=False)
     return MLEResult(
@@ -186,7 +173,31 @@ def fit_mle(
         iterations,
         model,
         per,
+        **_context(spec, y, u, diffuse, kappa, burn, k, n_eff),
     )
+
+
+def _context(
+    spec: ParametricModel,
+    y: Tensor,
+    u: Tensor | None,
+    diffuse: str,
+    kappa: float,
+    burn: int,
+    df_model: int,
+    n_eff: int,
+) -> dict:
+    """The MLEResult fields after the estimates: what its diagnostics and forecasts need."""
+    return {
+        "df_model": df_model,
+        "nobs_effective": n_eff,
+        "y": y.detach(),
+        "u": None if u is None else u.detach(),
+        "diffuse": diffuse,
+        "kappa": kappa,
+        "burn": burn,
+        "seasonal_period": spec.seasonal_period,
+    }
 
 
 def _fit_per_series(
@@ -221,9 +232,21 @@ def _fit_per_series(
         kk += int(torch.linalg.matrix_rank(model.P0_diffuse))
     loglik = -float(f.sum())
     n_eff = int((~torch.isnan(y)).any(-1).sum()) - burn * b
-    aic, bic = information_criteria(loglik, kk * b, n_eff)
+    aic, bic, _ = information_criteria(loglik, kk * b, n_eff)
     params = torch.vmap(spec.natural)(theta).detach()
-    return MLEResult(params, spec.names, theta, se, loglik, aic, bic, iterations, model, -f)
+    return MLEResult(
+        params,
+        spec.names,
+        theta,
+        se,
+        loglik,
+        aic,
+        bic,
+        iterations,
+        model,
+        -f,
+        **_context(spec, y, u, diffuse, kappa, burn, kk * b, n_eff),
+    )
 
 
 def check_observations(spec: ParametricModel, y: Tensor, burn: int) -> None:
@@ -292,10 +315,3 @@ def hessian_of(fn: Callable[[Tensor], Tensor], theta: Tensor, rel_step: float = 
         cols.append((grad(theta + e) - grad(theta - e)) / (2 * h))
     Hs = torch.stack(cols, 1)
     return 0.5 * (Hs + Hs.mT)
-
-
-def information_criteria(loglik: float, k: int, n: int) -> tuple[float, float]:
-    """(AIC, BIC) = (-2 ll + 2 k, -2 ll + k log n)."""
-    if n < 1:
-        raise ValueError(f"the number of observations must be >= 1, got {n}")
-    return -2 * loglik + 2 * k, -2 * loglik + k * math.log(n)

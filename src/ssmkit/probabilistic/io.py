@@ -145,3 +145,15 @@ def nile_path() -> Path:
 def load_nile() -> Series:
     """The Nile series as a :class:`Series` of shape (100, 1)."""
     return read_csv(nile_path())
+
+
+def sunspots_path() -> Path:
+    """The bundled yearly sunspot numbers, 1700-2008 (309 values; the copy distributed with
+    statsmodels as ``sm.datasets.sunspots``, from NOAA's National Geophysical Data Center,
+    public domain), CSV with columns year, sunactivity."""
+    return DATASETS / "sunspots.csv"
+
+
+def load_sunspots() -> Series:
+    """The sunspot series as a :class:`Series` of shape (309, 1)."""
+    return read_csv(sunspots_path())

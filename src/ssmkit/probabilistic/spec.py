@@ -128,7 +128,9 @@ def structural_spec(
             P0_diffuse=first.P0_diffuse,
         )
 
-    return ParametricModel(build, natural, tuple(names), theta0, build_batch, theta0_batch)
+    return ParametricModel(
+        build, natural, tuple(names), theta0, build_batch, theta0_batch, seasonal_period
+    )
 
 
 def ar_spec(y: Tensor, order: int) -> ParametricModel:

@@ -145,3 +145,79 @@ def test_fit_approximate_diffuse_burns_like_statsmodels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Log Likelihood                -632.538" in out
     assert "Diffuse init.:            approximate" in out
+
+
+def _seasonal(tmp_path, n=48, period=12):
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(n, dtype=torch.float64)
+    y = 10 + 0.2 * t + 3 * torch.sin(2 * torch.pi * t / period)
+    y = y + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    rows = [["month", "sales"]] + [[f"m{i}", f"{float(v):.6f}"] for i, v in enumerate(y)]
+    return _csv(tmp_path / "data.csv", rows)
+
+
+def _means(out: str) -> list[float]:
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] != ["step"]]
+    return [float(r[1]) for r in rows if len(r) == 4 and r[0].isdigit()]
+
+
+def test_readme_fit_then_forecast_follows_the_seasonal_model(tmp_path, capsys, monkeypatch):
+    """The README's example, run as written (at this size): a seasonal forecast, not a line."""
+    _seasonal(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    fit = "fit data.csv --column sales --model local-linear-trend --seasonal 12 --out out/"
+    assert run(fit.split()) == 0
+    assert "fit.json" in capsys.readouterr().out
+    assert (
+        run(["forecast", "--fit", "out/", "--horizon", "12", "--level", "0.9", "--out", "out/"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    seasonal = _means(out)
+    assert len(seasonal) == 12 and "forecast written to out/forecast.csv" in out
+    # the seasonal swing (amplitude 3) is in the forecast; the same options given by hand agree
+    assert max(seasonal) - min(seasonal) > 4
+    explicit = "forecast data.csv --column sales --model local-linear-trend --seasonal 12"
+    assert run([*explicit.split(), "--horizon", "12", "--level", "0.9"]) == 0
+    assert _means(capsys.readouterr().out) == pytest.approx(seasonal, rel=1e-6)
+    # without them forecast fits a local level: a flat line (what the old README printed)
+    assert run(["forecast", "data.csv", "--column", "sales", "--horizon", "12"]) == 0
+    flat = _means(capsys.readouterr().out)
+    assert max(flat) - min(flat) < 1e-6
+    fc = list(csv.reader((tmp_path / "out" / "forecast.csv").open()))
+    assert [float(r[1]) for r in fc[1:]] == pytest.approx(seasonal, rel=1e-5)
+
+
+def test_forecast_fit_errors(tmp_path, capsys):
+    path = _seasonal(tmp_path)
+    assert run(["forecast", "--fit", str(tmp_path / "none")]) == 2
+    assert "no " + str(tmp_path / "none" / "fit.json") in capsys.readouterr().err
+    assert run(["forecast", str(path), "--fit", str(tmp_path), "--seasonal", "4"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "reuses the data and model saved by `ssmkit fit`; leave out the CSV file, --seasonal" in err
+    )
+    (tmp_path / "fit.json").write_text('{"model": "local-level"}')
+    assert run(["forecast", "--fit", str(tmp_path)]) == 2
+    assert "must hold exactly the fields" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        (["--level", "1.5"], "--level must be in (0, 1), got 1.5"),
+        (["--level", "0"], "--level must be in (0, 1), got 0.0"),
+        (["--horizon", "0"], "--horizon must be >= 1, got 0"),
+        (["--seasonal", "-4"], "--seasonal and --ar must be >= 0, got -4 and 0"),
+    ],
+)
+@pytest.mark.parametrize("command", ["fit", "forecast"])
+def test_options_are_checked_before_the_fit(tmp_path, capsys, monkeypatch, command, option, match):
+    import ssmkit.probabilistic.fit as fit_module
+
+    def no_fit(*a, **k):
+        raise AssertionError("the fit started before the options were checked")
+
+    monkeypatch.setattr(fit_module, "fit_mle", no_fit)
+    assert run([command, "--example", "nile", "--out", str(tmp_path), *option]) == 2
+    assert match in capsys.readouterr().err

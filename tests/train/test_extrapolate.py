@@ -207,7 +207,7 @@ def test_extrapolate_refuses_tasks_without_generated_lengths(tmp_path):
     run = default_run("digits", "s4d")
     run = dataclasses.replace(run, model=dataclasses.replace(run.model, **SMALL))
     task = data.build_task(run.task, run.task_config)
-    loaded = LoadedRun(tmp_path, run, task, build_model(run, task.spec))
+    loaded = LoadedRun(tmp_path, run, task.spec, build_model(run, task.spec))
     with pytest.raises(ValueError, match="no length setting"):
         extrapolate(loaded, [64], n=2)
 

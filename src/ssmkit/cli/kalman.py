@@ -15,13 +15,16 @@ states (``smoothed_states.csv``), a plot of data, smoothed level and forecast
 With ``--diffuse approximate`` the first step per diffuse state is left out of the
 likelihood (statsmodels' ``loglikelihood_burn``). ``forecast`` fits the same way, then
 prints and writes (``forecast.csv``) the mean and prediction interval of the next
-``--horizon`` values.
+``--horizon`` values. ``fit --out DIR`` also saves its data source and model options as
+``DIR/fit.json``; ``forecast --fit DIR`` fits that same model to that same data (instead of
+repeating the options), so a forecast follows the model fitted just before it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -48,8 +51,63 @@ def _load(args: argparse.Namespace):
     return series
 
 
+# What ``fit`` saves in fit.json and ``forecast --fit`` reads back: the data and the model.
+SAVED = ("csv", "example", "column", "model", "order", "seasonal_order", "trend", "seasonal",
+         "ar", "diffuse")  # fmt: skip
+FIT_FILE = "fit.json"
+
+
+def _save_fit(args: argparse.Namespace, out: Path) -> Path:
+    """Write the data source (an absolute CSV path) and model options of ``fit`` to fit.json."""
+    saved = {k: getattr(args, k) for k in SAVED}
+    if saved["csv"] is not None:
+        saved["csv"] = str(Path(saved["csv"]).resolve())
+    path = out / FIT_FILE
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+    return path
+
+
+def _use_saved_fit(args: argparse.Namespace, defaults: dict[str, object]) -> None:
+    """Replace the data and model options of ``args`` with those saved in ``args.fit``.
+
+    Raises:
+        ValueError: a data or model option given too, or a fit.json that is missing or not
+            written by ``ssmkit fit``.
+    """
+    given = [k for k in SAVED if getattr(args, k) != defaults[k]]
+    if given:
+        flags = ", ".join("the CSV file" if k == "csv" else "--" + k.replace("_", "-")
+                          for k in given)  # fmt: skip
+        raise ValueError(
+            f"--fit {args.fit} reuses the data and model saved by `ssmkit fit`; leave out {flags}"
+        )
+    path = Path(args.fit) / FIT_FILE
+    if not path.is_file():
+        raise ValueError(f"--fit: no {path} (write one with `ssmkit fit ... --out {args.fit}`)")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--fit: {path} is not valid JSON: {e}") from None
+    if not isinstance(saved, dict) or set(saved) != set(SAVED):
+        raise ValueError(f"--fit: {path} must hold exactly the fields {list(SAVED)}")
+    for k in SAVED:
+        setattr(args, k, saved[k])
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse out-of-range options before the (possibly long) fit starts."""
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level must be in (0, 1), got {args.level}")
+    if args.horizon < 1:
+        raise ValueError(f"--horizon must be >= 1, got {args.horizon}")
+    if args.seasonal < 0 or args.ar < 0:
+        raise ValueError(f"--seasonal and --ar must be >= 0, got {args.seasonal} and {args.ar}")
+
+
 def _fit(args: argparse.Namespace):
     import torch
+
+    _check_options(args)
 
     from ssmkit.probabilistic.fit import fit_mle
     from ssmkit.probabilistic.spec import structural_spec
@@ -143,6 +201,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 + [f"{float(v):.10g}" for v in sd[0, t]]
             )
     print(f"smoothed states written to {path}")
+    print(f"data and model options written to {_save_fit(args, out)} (for forecast --fit)")
     fc = res.forecast(args.horizon, args.level)
     try:
         plt = pyplot()
@@ -176,6 +235,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
     try:
+        if args.fit is not None:
+            _use_saved_fit(args, args.saved_defaults)
         _, _, res = _fit(args)
     except ValueError as err:
         print(f"ssmkit forecast: error: {err}", file=sys.stderr)
@@ -241,4 +302,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _common(fc)
     fc.add_argument("--out", default=None, help="also write forecast.csv to this directory")
-    fc.set_defaults(fn=_cmd_forecast)
+    fc.add_argument(
+        "--fit", metavar="DIR",
+        help="forecast with the data and model of `ssmkit fit ... --out DIR` (its fit.json)",
+    )  # fmt: skip
+    defaults = {k: fc.get_default(k) for k in SAVED}
+    fc.set_defaults(fn=_cmd_forecast, saved_defaults=defaults)

@@ -116,7 +116,7 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
                 "been training sequences; pass --task.seed to draw new ones")  # fmt: skip
         print(note, file=sys.stderr)
     split = run.task.splits()[args.split]
-    kind = run.task.spec.kind
+    kind = run.spec.kind
     if args.chunk:
         metrics = evaluate_chunked(run.model, split, kind, args.batch_size, args.chunk, args.device)
     else:
@@ -132,7 +132,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from ssmkit.train.run import load_run
 
     run = load_run(Path(args.run_dir), args.weights, args.device)
-    spec = run.task.spec
+    spec = run.spec  # the saved vocabulary: generating never reads the training data
     if spec.kind != "tokens" or spec.input != "tokens":
         raise ValueError(f"generate needs a token task; {run.config.task} is {spec.kind!r}")
     if spec.itos is not None:

@@ -117,18 +117,30 @@ class TaskEntry:
     config_cls: type
     build: Callable[[typing.Any], TaskData] = field(repr=False)
     summary: str
+    # builds the task inside a trained spec's spaces (e.g. its saved vocabulary); None: build
+    rebuild: Callable[[typing.Any, TaskSpec], TaskData] | None = field(default=None, repr=False)
 
 
 TASKS: dict[str, TaskEntry] = {}
 
 
-def register(name: str, config_cls: type, build: Callable, summary: str) -> None:
-    """Add a task to :data:`TASKS` (called once by each task module at import)."""
+def register(
+    name: str,
+    config_cls: type,
+    build: Callable,
+    summary: str,
+    rebuild: Callable | None = None,
+) -> None:
+    """Add a task to :data:`TASKS` (called once by each task module at import).
+
+    ``rebuild(config, trained_spec)`` is given by tasks whose spaces come from the data (a
+    text vocabulary): it builds the task from new data inside the trained spaces.
+    """
     if name in TASKS:
         raise ValueError(f"task {name!r} is already registered")
     if not (dataclasses.is_dataclass(config_cls) and config_cls.__dataclass_params__.frozen):
         raise TypeError(f"config of task {name!r} must be a frozen dataclass, got {config_cls}")
-    TASKS[name] = TaskEntry(name, config_cls, build, summary)
+    TASKS[name] = TaskEntry(name, config_cls, build, summary, rebuild)
 
 
 def task_names() -> list[str]:
@@ -148,8 +160,12 @@ def task_config(name: str) -> typing.Any:
     return _entry(name).config_cls()
 
 
-def build_task(name: str, config: typing.Any = None) -> TaskData:
+def build_task(name: str, config: typing.Any = None, trained: TaskSpec | None = None) -> TaskData:
     """Build task ``name`` from ``config`` (``None``: the defaults) and check the result.
+
+    ``trained``: the spec a model was trained on (saved in its run directory); a task whose
+    spaces come from the data (a text vocabulary) is then built inside them, so that new or
+    changed data is read with the trained vocabulary. Other tasks ignore it.
 
     Raises:
         ValueError: unknown task name (the message lists the valid ones).
@@ -163,7 +179,54 @@ def build_task(name: str, config: typing.Any = None) -> TaskData:
             f"config of task {name!r} must be {entry.config_cls.__name__}, "
             f"got {type(config).__name__}"
         )
+    if trained is not None and entry.rebuild is not None:
+        return check_task_data(entry.rebuild(config, trained))
     return check_task_data(entry.build(config))
+
+
+# ----------------------------------------------------------------------------------------------
+# The spec as JSON (a run directory's ``task.json``).
+
+
+def spec_to_json(spec: TaskSpec) -> dict[str, typing.Any]:
+    """JSON-ready dict of ``spec`` (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
+
+
+def spec_from_json(obj: object) -> TaskSpec:
+    """The :class:`TaskSpec` saved by :func:`spec_to_json`; every field's type is checked.
+
+    Raises:
+        ValueError: not an object, a missing or unknown field, or a value of the wrong type.
+    """
+    if not isinstance(obj, dict):
+        raise ValueError(f"a task spec must be a JSON object, got {type(obj).__name__}")
+    hints = typing.get_type_hints(TaskSpec)
+    unknown = set(obj) - set(hints)
+    required = {f.name for f in dataclasses.fields(TaskSpec) if f.default is dataclasses.MISSING}
+    missing = required - set(obj)
+    if unknown or missing:
+        raise ValueError(
+            f"task spec: unknown fields {sorted(unknown)}, missing fields {sorted(missing)}"
+        )
+    values = {}
+    for key, value in obj.items():
+        base, optional = base_type(hints[key])
+        if value is None and optional:
+            values[key] = None
+            continue
+        if typing.get_origin(base) is tuple:  # tuple[str, ...] or tuple[float, ...]
+            item = typing.get_args(base)[0]
+            ok = isinstance(value, list) and all(
+                type(v) is item or (item is float and type(v) is int) for v in value
+            )
+            value = tuple(value) if ok else value
+        else:
+            ok = isinstance(value, base) and not (base is int and isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"task spec: {key} must be {hints[key]}, got {value!r}")
+        values[key] = value
+    return TaskSpec(**values)
 
 
 # ----------------------------------------------------------------------------------------------

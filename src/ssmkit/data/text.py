@@ -3,7 +3,8 @@
 The text is split by position: the first ``1 - val_fraction - test_fraction`` of the
 characters train, the next part validates, the last part tests, so no window straddles two
 splits. The vocabulary is the set of characters of the training part plus ``<unk>`` (id 0)
-for characters seen only later. A window of ``length`` characters has next-character
+for characters seen only later; a trained run saves it and reads other files with it
+(:func:`rebuild_text`). A window of ``length`` characters has next-character
 targets: ``y[t] = text[start + t + 1]``.
 
 The default text is the opening of Shakespeare's *Coriolanus* (public domain; about 32 KB,
@@ -83,7 +84,32 @@ def _windows(ids: torch.Tensor, length: int, stride: int, offset: int) -> Split:
 
 
 def build_text(c: TextConfig) -> TaskData:
-    """Shapes: x, y (b, length) int64 character ids; every position is scored."""
+    """Shapes: x, y (b, length) int64 character ids; every position is scored.
+
+    The vocabulary is the characters of the training part (plus ``<unk>``).
+    """
+    return _build(c, None)
+
+
+def rebuild_text(c: TextConfig, trained: TaskSpec) -> TaskData:
+    """:func:`build_text` with the vocabulary ``trained.itos`` a model was trained on.
+
+    This is how a run reads a new or changed text file: characters outside the trained
+    vocabulary become ``<unk>``; the ids of the others are those the model learned.
+
+    Raises:
+        ValueError: ``trained`` has no vocabulary with ``<unk>`` (it is not a text task's).
+    """
+    if trained.itos is None or UNK not in trained.itos:
+        raise ValueError(
+            f"rebuild_text needs the spec of a text task (a vocabulary with {UNK!r}), "
+            f"got task {trained.name!r} with itos {trained.itos!r:.60}"
+        )
+    return _build(c, tuple(trained.itos))
+
+
+def _build(c: TextConfig, itos: tuple[str, ...] | None) -> TaskData:
+    """The task; ``itos`` None: the vocabulary of the training part."""
     path = DEFAULT_TEXT if c.path is None else Path(c.path)
     text = read_text(path)
     n = len(text)
@@ -101,7 +127,7 @@ def build_text(c: TextConfig) -> TaskData:
                 f"TextConfig.length must be < the {name} part of {path.name} "
                 f"({len(parts[name])} characters), got {c.length}"
             )
-    itos = (UNK, *sorted(set(parts["train"])))
+    itos = (UNK, *sorted(set(parts["train"]))) if itos is None else itos
     offset = min(int(np.random.default_rng(c.seed).integers(0, c.stride)), n_train - c.length - 1)
     train = _windows(encode(parts["train"], itos), c.length, c.stride, offset)
     val = _windows(encode(parts["val"], itos), c.length, c.length, 0)
@@ -122,4 +148,6 @@ def build_text(c: TextConfig) -> TaskData:
     return TaskData(spec, train, val, test)
 
 
-register("text", TextConfig, build_text, "character-level language model on a text file")
+register(
+    "text", TextConfig, build_text, "character-level language model on a text file", rebuild_text
+)

@@ -9,6 +9,7 @@ optimiser moments and the counters (epoch, batch within the epoch, step, running
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -22,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ssmkit import data
 from ssmkit.core.params import param_groups
+from ssmkit.data.base import spec_from_json, spec_to_json
 from ssmkit.layers.mamba import Mamba
 from ssmkit.models.sequence import IOSpec, SequenceModel
 from ssmkit.ops.selective_scan import cpu_numba
@@ -41,6 +43,34 @@ from ssmkit.train.resume import (
 Tensor = torch.Tensor
 Callback = Callable[[int, dict], None]
 PER_STEP = ("tokens", "forecast")  # task kinds whose targets have a length axis
+TASK_FILE = "task.json"  # the trained TaskSpec: vocabulary, classes, normalisation
+
+
+def read_spec(run_dir: Path) -> data.TaskSpec | None:
+    """The :class:`TaskSpec` saved in ``run_dir/task.json`` (None: a run saved before it was).
+
+    Raises:
+        ValueError: the file is not a valid spec (naming the file).
+    """
+    path = Path(run_dir) / TASK_FILE
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise ValueError(f"{path} must be a regular file")
+    try:
+        return spec_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a valid task spec: {e}") from None
+
+
+def resolve_paths(run: RunConfig) -> RunConfig:
+    """``run`` with a relative ``task.path`` made absolute (against the current directory), so
+    that the saved run reads the same file from anywhere."""
+    path = getattr(run.task_config, "path", None)
+    if not isinstance(path, str) or Path(path).is_absolute():
+        return run
+    task_config = dataclasses.replace(run.task_config, path=str(Path(path).resolve()))
+    return dataclasses.replace(run, task_config=task_config)
 
 
 class TrainingInterruptedError(RuntimeError):
@@ -199,7 +229,9 @@ def train(
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
     run_dir = Path(run_dir)
-    task = data.build_task(run.task, run.task_config)
+    run = resolve_paths(run)
+    # on resume, the saved spec keeps the trained vocabulary even if the text file changed
+    task = data.build_task(run.task, run.task_config, read_spec(run_dir) if resume else None)
     kind = task.spec.kind
     model = build_model(run, task.spec).to(device)
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.ssm_lr)
@@ -251,6 +283,7 @@ def train(
             raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume)")
         ckpt.clean_stale(run_dir)
         ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
+        ckpt.atomic_write_json(run_dir / TASK_FILE, spec_to_json(task.spec))
         metrics_path.write_text("")
     distributed.barrier(dist)
     net = DistributedDataParallel(model) if dist.world > 1 else model

@@ -1,10 +1,21 @@
-"""Progress reporting: a live bar on a terminal, one line per epoch otherwise."""
+"""Progress reporting: a live bar on a terminal, one line per epoch otherwise.
+
+The bar is redrawn in place, so its line must never be wider than the terminal (a wrapped line
+cannot be redrawn: every update would leave a stale half-line). Each redraw reads the width
+(it may change while training) and drops the least useful fields, then narrows the bar, to fit.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from typing import TextIO
+
+BAR_WIDTH = 24  # characters of the bar when the terminal has room
+MIN_BAR_WIDTH = 8  # below this the bar is left out
+CLEAR_TO_END = "\033[K"  # erases what a longer previous line left (zero width)
 
 
 def _clock(seconds: float) -> str:
@@ -12,6 +23,44 @@ def _clock(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+def terminal_columns(out: TextIO) -> int:
+    """Columns of the terminal ``out`` writes to: ``$COLUMNS`` if set, else the size of
+    ``out``'s terminal, else :func:`shutil.get_terminal_size`'s answer (80 when unknown)."""
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(out.fileno()).columns or shutil.get_terminal_size().columns
+    except (AttributeError, OSError, ValueError):  # no fileno (a StringIO), not a terminal
+        return shutil.get_terminal_size().columns
+
+
+def fit_line(head: str, fields: list[str], drop_order: list[int], fraction: float,
+             columns: int) -> str:  # fmt: skip
+    """``head [####....] fields...`` in at most ``columns - 1`` characters.
+
+    Args:
+        head: always shown first (e.g. ``epoch 2/10``).
+        fields: shown after the bar, in this order.
+        drop_order: indices into ``fields``, the least useful first, left out one by one
+            until the line fits with a bar of at least :data:`MIN_BAR_WIDTH`.
+        fraction: the share of the bar to fill, in [0, 1].
+        columns: the terminal width (the last column is kept free: writing into it makes
+            some terminals wrap).
+    """
+    limit = max(columns - 1, 1)
+    dropped: set[int] = set()
+    for i in [None, *drop_order]:
+        if i is not None:
+            dropped.add(i)
+        rest = " ".join(f for k, f in enumerate(fields) if k not in dropped)
+        width = min(BAR_WIDTH, limit - len(head) - len(rest) - 4)  # " [" + "] "
+        if width >= MIN_BAR_WIDTH:
+            fill = int(width * min(max(fraction, 0.0), 1.0))
+            return f"{head} [{'#' * fill}{'.' * (width - fill)}] {rest}"
+    return f"{head} {rest}"[:limit]
 
 
 class Progress:
@@ -48,14 +97,18 @@ class Progress:
         elapsed = now - self._t0
         rate = (self.done - self._start_done) / max(elapsed, 1e-9)
         eta = (self.total - self.done) / max(rate, 1e-9)
-        width = 24
-        fill = int(width * self.done / max(self.total, 1))
-        bar = "#" * fill + "." * (width - fill)
-        line = (
-            f"\repoch {self.epoch}/{self.epochs} [{bar}] {self.done}/{self.total} "
-            f"loss {loss:.4f} {rate:.1f} it/s {self.items / max(elapsed, 1e-9):.0f} items/s "
-            f"ETA {_clock(eta)}"
-        )
+        fields = [
+            f"{self.done}/{self.total}",
+            f"loss {loss:.4f}",
+            f"{rate:.1f} it/s",
+            f"{self.items / max(elapsed, 1e-9):.0f} items/s",
+            f"ETA {_clock(eta)}",
+        ]
+        line = fit_line(
+            f"epoch {self.epoch}/{self.epochs}", fields, [3, 2, 4, 0],
+            self.done / max(self.total, 1), terminal_columns(self.out),
+        )  # fmt: skip
+        line = f"\r{line}{CLEAR_TO_END}"
         self.out.write(line)
         self.out.flush()
 

@@ -3,24 +3,50 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from ssmkit import data
 from ssmkit.models.sequence import SequenceModel
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train.config import RunConfig, available_device
-from ssmkit.train.loop import build_model
+from ssmkit.train.loop import build_model, read_spec
 
 WEIGHTS = ("best", "last")
 
 
-@dataclass
 class LoadedRun:
-    run_dir: Path
-    config: RunConfig
-    task: data.TaskData
-    model: SequenceModel
+    """A trained run: its config, the spec it was trained on, its model and (built when first
+    used) its task data.
+
+    Attributes:
+        run_dir: the run directory.
+        config: its :class:`RunConfig`.
+        spec: the :class:`TaskSpec` the model was trained on (vocabulary, classes, statistics).
+        model: the model with the chosen weights, in eval mode.
+        task: the task's splits, read from the data only when asked for (``generate`` never
+            is), with the trained spaces and the ``task_overrides`` of :func:`load_run`.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: RunConfig,
+        spec: data.TaskSpec,
+        model: SequenceModel,
+        overrides: dict[str, object] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.spec = spec
+        self.model = model
+        self.overrides = dict(overrides or {})
+        self._task: data.TaskData | None = None
+
+    @property
+    def task(self) -> data.TaskData:
+        if self._task is None:
+            self._task = rebuild_task(self.config, self.spec, self.overrides)
+        return self._task
 
 
 def read_config(run_dir: Path) -> RunConfig:
@@ -59,8 +85,11 @@ def load_run(
     """The run's config, task and model with the ``best`` (by validation) or ``last`` weights.
 
     ``best`` falls back to the last checkpoint when no validation improved yet.
+    The model is built from the spec saved in ``task.json`` (runs written before it existed:
+    from the rebuilt task), so loading never reads the training data; the task's splits are
+    read when :attr:`LoadedRun.task` is first used, with the saved vocabulary.
     ``task_overrides`` (field -> value or string) rebuilds the task with other fields (another
-    length, seed or split size); the model is still built for the task it was trained on.
+    length, seed, split size or data file); the model is still the one trained.
 
     Every weight file is verified against its recorded SHA-256 before it is used.
 
@@ -75,25 +104,29 @@ def load_run(
     target = available_device(device, "device")
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    task = data.build_task(config.task, config.task_config)
-    model = build_model(config, task.spec)
+    spec = read_spec(run_dir)
+    if spec is None:  # a run saved before task.json: its spec comes from its data
+        spec = data.build_task(config.task, config.task_config).spec
+    model = build_model(config, spec)
+    loaded = LoadedRun(run_dir, config, spec, model, task_overrides)
     if task_overrides:
-        task = rebuild_task(config, task.spec, task_overrides)
+        loaded.task  # noqa: B018  (check the overrides now, before the weights are read)
     best = run_dir / "best.safetensors"
     if weights == "best" and best.exists():
         ckpt.load_weights(best, model)
     else:
         ckpt.load_checkpoint(run_dir, model)
     model.to(target).eval()
-    return LoadedRun(run_dir, config, task, model)
+    return loaded
 
 
 def rebuild_task(
     config: RunConfig, trained: data.TaskSpec, overrides: dict[str, object]
 ) -> data.TaskData:
-    """The run's task rebuilt with ``overrides``; refused when the model's spaces change."""
+    """The run's task rebuilt with ``overrides`` inside the ``trained`` spec's spaces (a text
+    task reads any file with the trained vocabulary); refused when the spaces still change."""
     new_config = data.override_config(config.task_config, overrides)
-    task = data.build_task(config.task, new_config)
+    task = data.build_task(config.task, new_config, trained)
     changed = [
         f for f in SPACE_FIELDS if getattr(task.spec, f) != getattr(trained, f)
     ]  # fmt: skip

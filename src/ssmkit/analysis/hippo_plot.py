@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ssmkit.core.hippo import hippo_coefficients, hippo_reconstruct
+from ssmkit.core.plotting import pyplot
 
 Tensor = torch.Tensor
 
@@ -45,13 +46,7 @@ def plot_reconstruction(
     Returns:
         Reconstruction RMSE per N.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('plotting needs matplotlib: pip install "ssmkit[plot]"') from err
+    plt = pyplot()
     errors, curves = reconstruction_errors(f, measure, Ns)
     x = torch.arange(1, f.shape[-1] + 1) / f.shape[-1]
     fig, (ax, ax_err) = plt.subplots(

@@ -12,19 +12,9 @@ import torch
 from ssmkit.analysis.token_dynamics import classify, paper_2d_cases, simulate
 from ssmkit.analysis.token_probe import LayerDynamics
 from ssmkit.core.ode import OdeSolution
+from ssmkit.core.plotting import pyplot as _pyplot
 
 Tensor = torch.Tensor
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('plotting needs matplotlib: pip install "ssmkit[plot]"') from err
-    return plt
 
 
 def plot_trajectories_1d(solution: OdeSolution, path: str, title: str = "") -> None:

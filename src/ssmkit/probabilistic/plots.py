@@ -8,21 +8,10 @@ from pathlib import Path
 import torch
 
 from ssmkit.core.checks import check_int
+from ssmkit.core.plotting import pyplot
 from ssmkit.probabilistic.diagnostics import autocorrelations
 
 Tensor = torch.Tensor
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend; ValueError naming the extra when it is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("plots need matplotlib: pip install 'ssmkit[plot]'") from None
-    return plt
 
 
 def plot_diagnostics(e: Tensor, path: Path, lags: int = 10, start: int = 0) -> Path:

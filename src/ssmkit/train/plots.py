@@ -6,23 +6,12 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.core.plotting import pyplot
 from ssmkit.layers.lti import LTILayer
 from ssmkit.layers.mamba import Mamba
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.s5 import S5
 from ssmkit.train.run import LoadedRun, read_metrics
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend; ValueError naming the extra when it is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ValueError("plots need matplotlib: pip install 'ssmkit[plot]'") from None
-    return plt
 
 
 def plot_run(run: LoadedRun) -> list[Path]:

@@ -6,6 +6,8 @@ A file has a header row; after it, every line is one row, so nothing is dropped 
   is one missing value, in a wider file a row of missing values;
 * only blank lines at the very end of the file are skipped; :attr:`CSVRows.skipped` counts
   them and :func:`skipped_note` words the note the readers report;
+* :class:`RowStream` applies these rules one row at a time (readers convert each row as it
+  comes, so memory stays a few bytes per value); :func:`read_rows` keeps them all;
 * a UTF-8 byte order mark is ignored; a file that is not UTF-8 text, or that the csv module
   cannot parse, is a ``ValueError`` naming the file (and line).
 
@@ -17,8 +19,11 @@ messages each reader words for its own users.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,62 @@ class CSVRows:
     skipped: int  # blank lines dropped at the end of the file
 
 
+class RowStream:
+    """The rows of a CSV file one at a time, by the module's rules, in O(one row) memory.
+
+    ``header`` is read on construction; iterating yields ``(line number, cells)`` of every row
+    after it (a blank row as ``[""] * len(header)``, held back until a non-blank row shows it
+    is not at the end); after the iteration ``skipped`` counts the blank lines at the end.
+    A stream can be iterated once.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.skipped = 0
+        self._used = False
+        with self._reader() as reader:
+            self.header = [h.strip() for h in next(reader, [])]
+
+    @contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """An open csv reader; decoding and parsing errors become ValueErrors naming the line."""
+        reader = None
+        try:
+            with self.path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                yield reader
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{self.path}: not UTF-8 text ({err.reason} at byte {err.start})"
+            ) from None
+        except csv.Error as err:
+            line = reader.line_num if reader is not None else 1
+            raise ValueError(f"{self.path}, line {line}: {err}") from None
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        if self._used:
+            raise RuntimeError(f"the rows of {self.path} were already read (one pass only)")
+        self._used = True
+        blank_row = [""] * len(self.header)
+        with self._reader() as reader:
+            next(reader, None)  # the header
+            pending: list[int] = []  # line numbers of blank rows not yet known to be inside
+            for row in reader:
+                if not row or (len(row) == 1 and row[0].isspace()):
+                    pending.append(reader.line_num)
+                    continue
+                for line in pending:
+                    yield line, list(blank_row)
+                pending.clear()
+                yield reader.line_num, row
+            self.skipped = len(pending)
+
+
 def read_rows(path: str | Path) -> CSVRows:
     """Header and (line number, cells) of every line after it, by the module's rules.
+
+    Holds every cell as a Python string (about 30x the file size): readers of large files
+    iterate a :class:`RowStream` instead and convert each row as it comes.
 
     Args:
         path: the file (UTF-8, with or without a byte order mark).
@@ -42,25 +101,9 @@ def read_rows(path: str | Path) -> CSVRows:
     Raises:
         ValueError: the file is not UTF-8 text or not parseable CSV (names file and line).
     """
-    path = Path(path)
-    reader = None
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except csv.Error as err:
-        line = reader.line_num if reader is not None else 1
-        raise ValueError(f"{path}, line {line}: {err}") from None
-    blank = [not row or (len(row) == 1 and row[0].isspace()) for _, row in rows]
-    n = len(rows)
-    while n and blank[n - 1]:
-        n -= 1
-    pairs = zip(rows[:n], blank[:n], strict=True)
-    kept = [(line, [""] * len(header) if b else row) for (line, row), b in pairs]
-    return CSVRows(header, kept, len(rows) - n)
+    stream = RowStream(path)
+    rows = list(stream)
+    return CSVRows(stream.header, rows, stream.skipped)
 
 
 def skipped_note(path: str | Path, skipped: int) -> str:

@@ -45,8 +45,8 @@ def discretize_diag(A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh") -> tu
         A_bar: (*, n) and B_bar: (*, n), broadcast over the leading axes of A, B and dt.
     """
     check_choice("method", method, METHODS)
-    check_tensor("A", A)
-    check_tensor("B", B)
+    check_finite("A", check_tensor("A", A))
+    check_finite("B", check_tensor("B", B))
     _check_dt(dt)
     dtA = dt.unsqueeze(-1) * A  # (*, n)
     if method == "zoh":

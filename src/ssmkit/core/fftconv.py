@@ -36,6 +36,7 @@ def _check(u: Tensor, kernels: dict[str, Tensor], D: Tensor | None) -> None:
         check_tensor("D", D)
         if D.shape != (h,):
             raise ValueError(f"D must have shape (h,) = ({h},), got shape {tuple(D.shape)}")
+        check_finite("D", D)
 
 
 def _fft_size(n: int) -> int:
@@ -70,6 +71,8 @@ def fftconv(u: Tensor, K: Tensor, D: Tensor | None = None) -> Tensor:
         y: (b, l, h), dtype of ``u``.
     """
     _check(u, {"K": K}, D)
+    if u.shape[0] == 0:  # an empty batch (pocketfft/MKL reject zero-size transforms)
+        return _skip(torch.zeros_like(u), u, D)
     length = u.shape[1]
     K = K[:, :length]
     n = _fft_size(length + K.shape[1] - 1)
@@ -96,6 +99,8 @@ def fftconv_bidirectional(
         y: (b, l, h).
     """
     _check(u, {"K_fwd": K_fwd, "K_bwd": K_bwd}, D)
+    if u.shape[0] == 0:  # an empty batch
+        return _skip(torch.zeros_like(u), u, D)
     length = u.shape[1]
     K_fwd = K_fwd[:, :length].to(u.dtype)
     K_bwd = K_bwd[:, : max(length - 1, 0)].to(u.dtype)

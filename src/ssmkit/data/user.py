@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import math
 import warnings
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssmkit.core.csvrows import read_rows, skipped_note
+from ssmkit.core.csvrows import RowStream, skipped_note
 from ssmkit.data.base import (
     Split,
     TaskConfig,
@@ -58,27 +60,34 @@ def _path(config: object) -> Path:
     return p
 
 
-def read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, cells) of every line after it; ragged rows are errors.
+def read_csv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """Header and an iterator over (line number, cells) of every line after it.
 
     The row rules (every line is a row, blank lines at the end skipped with a warning that
-    counts them, byte order mark ignored) are :func:`ssmkit.core.csvrows.read_rows`.
+    counts them, byte order mark ignored) are :class:`ssmkit.core.csvrows.RowStream`; the
+    rows come one at a time (callers convert each as it comes), a ragged row or a file
+    without data rows is a ValueError raised by the iteration.
     """
-    table = read_rows(path)
-    header, rows = table.header, table.rows
-    if not any(header):
+    stream = RowStream(path)
+    if not any(stream.header):
         raise ValueError(f"{path}: empty file (a header line is required)")
-    if table.skipped:
-        warnings.warn(skipped_note(path, table.skipped), stacklevel=2)
-    for line, row in rows:
+    return stream.header, _checked_rows(path, stream)
+
+
+def _checked_rows(path: Path, stream: RowStream) -> Iterator[tuple[int, list[str]]]:
+    header, n = stream.header, 0
+    for line, row in stream:
         if len(row) != len(header):
             raise ValueError(
                 f"{path}, line {line}: {len(row)} fields, but the header has "
                 f"{len(header)} ({header})"
             )
-    if not rows:
+        n += 1
+        yield line, row
+    if stream.skipped:
+        warnings.warn(skipped_note(path, stream.skipped), stacklevel=2)
+    if not n:
         raise ValueError(f"{path}: no data rows after the header")
-    return header, rows
 
 
 def _number(path: Path, line: int, column: str, cell: str) -> float:
@@ -146,10 +155,8 @@ def _read_classification_csv(
             f"CSVClassificationConfig.features = {c.features}"
         )
     L = len(value_cols) // c.features
-    x = torch.zeros(len(rows), L * c.features, dtype=torch.float64)
-    lengths = torch.empty(len(rows), dtype=torch.int64)
-    labels = []
-    for i, (line, row) in enumerate(rows):
+    values, lengths, labels = array("d"), array("q"), []  # a few bytes per value
+    for line, row in rows:
         if not any(cell.strip() for cell in row):
             raise ValueError(
                 f"{path}, line {line}: empty line; every line after the header must be a "
@@ -170,14 +177,16 @@ def _read_classification_csv(
                     f"{cells[j]!r} inside the sequence (only empty cells at the end of a row may "
                     "shorten a sequence; fill or interpolate gaps inside it)"
                 )
-            x[i, j] = _number(path, line, header[value_cols[j]], cells[j])
+        values.extend([_number(path, line, header[value_cols[j]], cells[j]) for j in range(n)])
+        values.extend([0.0] * (len(cells) - n))  # padding after a shorter sequence
         if n == 0 or n % c.features:
             raise ValueError(
                 f"{path}, line {line}: {n} values is not a positive multiple of "
                 f"features = {c.features}"
             )
-        lengths[i] = n // c.features
-    return x.view(len(rows), L, c.features), labels, lengths
+        lengths.append(n // c.features)
+    x = _tensor(values, torch.float64).view(len(labels), L, c.features)  # (b, L, features)
+    return x, labels, _tensor(lengths, torch.int64)
 
 
 def _read_npz(path: Path, c: CSVClassificationConfig) -> tuple[Tensor, list[str], Tensor]:
@@ -296,19 +305,30 @@ def read_series(path: Path, time_column: str | None) -> SeriesTable:
     cols = [j for j, h in enumerate(header) if h != time_column]
     if not cols:
         raise ValueError(f"{path}: no value columns besides the time column")
-    series = torch.empty(len(rows), len(cols), dtype=torch.float64)  # (steps, v)
-    for i, (line, row) in enumerate(rows):
-        for k, j in enumerate(cols):
+    k_time = None if time_column is None else header.index(time_column)
+    values, lines, labels = array("d"), [], None if k_time is None else []
+    for line, row in rows:
+        for j in cols:
             cell = row[j].strip()
             missing = cell.lower() in MISSING
-            series[i, k] = math.nan if missing else _number(path, line, header[j], cell)
+            values.append(math.nan if missing else _number(path, line, header[j], cell))
+        lines.append(line)
+        if labels is not None:
+            labels.append(row[k_time].strip())
+    series = _tensor(values, torch.float64).view(len(lines), len(cols))  # (steps, v)
     for k, j in enumerate(cols):
         if bool(series[:, k].isnan().all()):
             raise ValueError(f"{path}, column {header[j]!r}: every value is missing")
-    labels = None
-    if time_column is not None:
-        labels = [row[header.index(time_column)].strip() for _, row in rows]
-    return SeriesTable(series, [header[j] for j in cols], [line for line, _ in rows], labels)
+    return SeriesTable(series, [header[j] for j in cols], lines, labels)
+
+
+def _tensor(values: array, dtype: torch.dtype) -> Tensor:
+    """A tensor copy of a typed array (no per-element Python conversion)."""
+    return (
+        torch.frombuffer(values, dtype=dtype).clone()
+        if len(values)
+        else torch.zeros(0, dtype=dtype)
+    )
 
 
 def _require_complete(path: Path, table: SeriesTable) -> None:

@@ -44,30 +44,72 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError
 
 
-def check_sequence(name: str, x: Tensor, d_model: int) -> Tensor:
-    """Validate a (b, l, d) float input with d = ``d_model``, length >= 1 and finite values."""
+def check_sequence(name: str, x: Tensor, d_model: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate a (b, l, d) float input with d = ``d_model``, length >= 1 and finite values.
+
+    ``dtype`` is the layer's parameter dtype: outside ``torch.autocast`` the input must have
+    it (no silent cast); under ``torch.autocast`` any float input is cast to ``dtype`` and
+    autocast picks each op's precision. Batch size 0 is allowed. Returns ``x`` (cast).
+    """
     check_tensor(name, x)
     if x.ndim != 3 or x.shape[-1] != d_model or x.shape[1] < 1:
         raise ValueError(
             f"{name} must have shape (batch, length, d_model) with d_model = {d_model} and "
             f"length >= 1, got shape {tuple(x.shape)}"
         )
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    return check_finite(name, x)
+    return check_finite(name, _check_float(name, x, dtype))
 
 
-def check_step_input(x_t: Tensor, d_model: int) -> Tensor:
-    """Validate a (b, d) float input of one step."""
+def check_step_input(x_t: Tensor, d_model: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Validate a (b, d) float input of one step (``dtype`` as in :func:`check_sequence`)."""
     check_tensor("x_t", x_t)
     if x_t.ndim != 2 or x_t.shape[-1] != d_model:
         raise ValueError(
             f"x_t must have shape (batch, d_model) with d_model = {d_model}, "
             f"got shape {tuple(x_t.shape)}"
         )
-    if not x_t.is_floating_point():
-        raise TypeError(f"x_t must be a floating-point tensor, got {x_t.dtype}")
-    return check_finite("x_t", x_t)
+    return check_finite("x_t", _check_float("x_t", x_t, dtype))
+
+
+def _check_float(name: str, x: Tensor, dtype: torch.dtype | None) -> Tensor:
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.device.type == "meta":
+        raise ValueError(
+            f"{name} is a meta tensor (shape only); ssmkit layers check input values, so run "
+            "them on a real device (cpu or cuda)"
+        )
+    if dtype is None or x.dtype == dtype:
+        return x
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(dtype)
+    raise TypeError(
+        f"{name} must have the layer's dtype {dtype}, got {x.dtype}; convert the input "
+        f"({name}.to({dtype})) or the layer (layer.to({x.dtype})), or use torch.autocast "
+        "for mixed precision"
+    )
+
+
+def check_overflow(layer: nn.Module, y: Tensor, x: Tensor) -> Tensor:
+    """Raise ``FloatingPointError`` if ``y`` is not finite although the input ``x`` was.
+
+    Selective layers multiply the input by input-dependent step sizes and projections, so a
+    finite but huge ``x`` (|x| ~ 1e20 in float32) overflows to inf and then NaN. The error
+    names the cause: a non-finite parameter, else the size of ``x``.
+    """
+    if bool(torch.isfinite(y.detach().sum())) or bool(torch.isfinite(y.detach()).all()):
+        return y
+    for pname, p in layer.named_parameters():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise FloatingPointError(
+                f"{type(layer).__name__} parameter {pname} is not finite (NaN or inf), so the "
+                "output is not finite"
+            )
+    big = float(x.detach().abs().amax()) if x.numel() else 0.0
+    raise FloatingPointError(
+        f"x is too large for {type(layer).__name__}: with max |x| = {big:.3g} its activations "
+        f"overflow {y.dtype} and the output is not finite; scale the input down (normalise it)"
+    )
 
 
 def check_lengths(lengths: Tensor | None, batch: int, length: int) -> Tensor | None:
@@ -123,13 +165,14 @@ def length_mask(lengths: Tensor, length: int) -> Tensor:
 
 
 def check_state_tuple(state: object, cls: type, shapes: dict[str, tuple[int, ...]]) -> None:
-    """Validate a NamedTuple state (e.g. a Mamba cache): its type and each field's shape."""
+    """Validate a NamedTuple state (e.g. a Mamba cache): its type, each field's shape, finite."""
     if not isinstance(state, cls):
         raise TypeError(f"state must be a {cls.__name__}, got {type(state).__name__}")
     for (name, shape), value in zip(shapes.items(), state, strict=True):
         check_tensor(name, value)
         if tuple(value.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
+        check_finite(name, value)
 
 
 def check_state(state: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:

@@ -193,7 +193,7 @@ class LTILayer(SequenceLayer):
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t (b, d) and state (b, *s) -> y_t (b, d) and the next state."""
         self._require_causal("step")
-        x_t = check_step_input(x_t, self.d_model)
+        x_t = check_step_input(x_t, self.d_model, self.D.dtype)
         sys = self._system_for_step()
         check_state(state, (x_t.shape[0], *sys.state_shape), sys.state_dtype)
         state = sys.advance(state, sys.inject(x_t))
@@ -210,7 +210,7 @@ class LTILayer(SequenceLayer):
         lengths: Tensor | None,
         return_state: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        x = check_sequence("x", x, self.d_model)
+        x = check_sequence("x", x, self.d_model, self.D.dtype)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
         stateful = state is not None or return_state

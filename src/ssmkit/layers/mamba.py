@@ -33,6 +33,7 @@ from ssmkit.core.params import ssm_parameter
 from ssmkit.layers.base import (
     SequenceLayer,
     check_lengths,
+    check_overflow,
     check_sequence,
     check_state_tuple,
     check_step_input,
@@ -151,7 +152,7 @@ class Mamba(SequenceLayer):
         ``cu_seqlens`` (n + 1,) packs n sequences into one item (b = 1): cumulative lengths
         from 0 to l; the conv window and the SSM state restart at every boundary.
         """
-        x = check_sequence("x", x, self.d_model)
+        x = check_sequence("x", x, self.d_model, self.in_proj.weight.dtype)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
         reset = packed_resets(cu_seqlens, b, l, lengths)
@@ -172,7 +173,7 @@ class Mamba(SequenceLayer):
         y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm, reset=reset)
         if P is not None:
             y = P.transpose(-1, -2).to(y.dtype) @ y  # back to the input order
-        y = self.out_proj(y)
+        y = check_overflow(self, self.out_proj(y), x)
         if mask is not None:
             y = y * mask
         return y, (MambaState(conv_last, h) if return_state else None)
@@ -181,9 +182,10 @@ class Mamba(SequenceLayer):
         """One token: x_t (b, d) -> y_t (b, d) and the next state (same sizes)."""
         if self.reorder:
             self._refuse_streaming(True, False, False)
-        x_t = check_step_input(x_t, self.d_model)
+        x_t = check_step_input(x_t, self.d_model, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
-        return self._step_unchecked(x_t, state)
+        y_t, state = self._step_unchecked(x_t, state)
+        return check_overflow(self, y_t, x_t), state
 
     def _step_unchecked(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """:meth:`step` without validating its arguments, for callers that built them (a

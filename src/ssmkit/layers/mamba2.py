@@ -22,6 +22,7 @@ from ssmkit.core.params import ssm_parameter
 from ssmkit.layers.base import (
     SequenceLayer,
     check_lengths,
+    check_overflow,
     check_sequence,
     check_state_tuple,
     check_step_input,
@@ -119,7 +120,7 @@ class Mamba2(SequenceLayer):
 
         ``cu_seqlens`` (n + 1,): n packed sequences in one item, as for :class:`Mamba`.
         """
-        x = check_sequence("x", x, self.d_model)
+        x = check_sequence("x", x, self.d_model, self.in_proj.weight.dtype)
         b, l, _ = x.shape
         lengths = check_lengths(lengths, b, l)
         reset = packed_resets(cu_seqlens, b, l, lengths)
@@ -130,16 +131,17 @@ class Mamba2(SequenceLayer):
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)
         h0 = None if state is None else state.ssm
         y, h = self._ssm(F.silu(xBC), dt, h0, mask, reset=reset)
-        y = self.out_proj(self.norm(y, z))
+        y = check_overflow(self, self.out_proj(self.norm(y, z)), x)
         if mask is not None:
             y = y * mask
         return y, (Mamba2State(conv_last, h) if return_state else None)
 
     def step(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """One token: x_t (b, d) -> y_t (b, d) and the next state."""
-        x_t = check_step_input(x_t, self.d_model)
+        x_t = check_step_input(x_t, self.d_model, self.in_proj.weight.dtype)
         self._check_state(state, x_t.shape[0])
-        return self._step_unchecked(x_t, state)
+        y_t, state = self._step_unchecked(x_t, state)
+        return check_overflow(self, y_t, x_t), state
 
     def _step_unchecked(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """:meth:`step` without validating its arguments, for callers that built them."""

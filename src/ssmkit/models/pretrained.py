@@ -3,7 +3,9 @@
 Only ``config.json`` and ``*.safetensors`` are read (a pickled ``pytorch_model.bin`` is never
 unpickled); a sharded checkpoint's index may name only plain file names inside the directory.
 Parameter names already match (:mod:`ssmkit.models.mamba_lm`), so loading is a
-strict state-dict load that names any missing or unexpected tensor.
+strict state-dict load that names any missing or unexpected tensor. Every failure (a
+malformed ``config.json`` or shard index, an unreadable safetensors file, a tensor defined by
+two shards, a tensor of the wrong shape) is one ``ValueError`` naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ssmkit.core.paths import is_plain_name
@@ -28,20 +31,23 @@ def load_pretrained(path: str | Path, backend: str = "auto") -> MambaLM:
         backend: selective-scan backend of the returned model.
     """
     root = Path(path)
-    if not (root / "config.json").is_file():
-        raise ValueError(f"path must be a checkpoint directory with config.json, got {root}")
-    config = json.loads((root / "config.json").read_text())
-    model_type = config.get("model_type")
-    if model_type not in ("mamba", "mamba2"):
-        raise ValueError(
-            f"unsupported model_type {model_type!r} in {root}; expected 'mamba' or 'mamba2'"
-        )
-    cfg = mamba_config_from_hf(config) if model_type == "mamba" else mamba2_config_from_hf(config)
-    model = MambaLM(cfg, backend=backend)
-    state = _read_safetensors(root)
+    cfg = _read_config(root)
+    try:
+        model = MambaLM(cfg, backend=backend)
+    except (TypeError, ValueError, RuntimeError) as e:  # e.g. a size given as a string
+        raise ValueError(f"{root / 'config.json'} describes no valid model: {e}") from None
+    state, origin = _read_safetensors(root)
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
-        state["lm_head.weight"] = state["backbone.embeddings.weight"]
+        if "backbone.embeddings.weight" in state:
+            state["lm_head.weight"] = state["backbone.embeddings.weight"]
+            origin["lm_head.weight"] = origin["backbone.embeddings.weight"]
+    for name, want in model.state_dict().items():  # shapes first: torch's error names no file
+        if name in state and tuple(state[name].shape) != tuple(want.shape):
+            raise ValueError(
+                f"{origin[name]}: tensor {name} has shape {tuple(state[name].shape)}, the model "
+                f"built from config.json expects {tuple(want.shape)}"
+            )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -49,6 +55,31 @@ def load_pretrained(path: str | Path, backend: str = "auto") -> MambaLM:
             f"unexpected {sorted(unexpected)}"
         )
     return model.float().eval()
+
+
+def _read_config(root: Path) -> MambaConfig:
+    """The model config from ``root/config.json``; any malformed content is a ValueError."""
+    file = root / "config.json"
+    if not file.is_file():
+        raise ValueError(f"path must be a checkpoint directory with config.json, got {root}")
+    try:
+        config = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(config).__name__}")
+    model_type = config.get("model_type")
+    if model_type not in ("mamba", "mamba2"):
+        raise ValueError(
+            f"unsupported model_type {model_type!r} in {root}; expected 'mamba' or 'mamba2'"
+        )
+    build = mamba_config_from_hf if model_type == "mamba" else mamba2_config_from_hf
+    try:
+        return build(config)
+    except KeyError as e:
+        raise ValueError(f"{file} lacks the field {e.args[0]!r}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{file} has an invalid value: {e}") from None
 
 
 def mamba_config_from_hf(config: dict) -> MambaConfig:
@@ -136,7 +167,8 @@ def _shards(root: Path) -> list[Path]:
     return [root / name for name in names]
 
 
-def _read_safetensors(root: Path) -> dict[str, Tensor]:
+def _read_safetensors(root: Path) -> tuple[dict[str, Tensor], dict[str, Path]]:
+    """All tensors of the checkpoint (floats as float32) and the file each came from."""
     files = _shards(root)
     if not files:
         raise ValueError(
@@ -144,6 +176,15 @@ def _read_safetensors(root: Path) -> dict[str, Tensor]:
             "(re-save with save_pretrained(..., safe_serialization=True))"
         )
     state: dict[str, Tensor] = {}
+    origin: dict[str, Path] = {}
     for f in files:
-        state.update(load_file(str(f)))
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{f} is not a readable safetensors file: {e}") from None
+        for name, tensor in tensors.items():
+            if name in state:
+                raise ValueError(f"tensor {name} is defined twice: in {origin[name]} and in {f}")
+            state[name] = tensor.float() if tensor.is_floating_point() else tensor
+            origin[name] = f
+    return state, origin

@@ -129,7 +129,25 @@ def make_layer(cfg: ModelConfig, io: IOSpec) -> nn.Module:
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
-    return nn.LayerNorm(cfg.d_model) if cfg.norm == "layer" else RMSNorm(cfg.d_model)
+    return LayerNorm32(cfg.d_model) if cfg.norm == "layer" else RMSNorm(cfg.d_model)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """``nn.LayerNorm`` computed in float32 at least, also under ``torch.autocast``.
+
+    CPU autocast runs ``layer_norm`` in bfloat16 when its input is bfloat16 (a feature
+    encoder's output), and the weight and bias gradients, sums over every (b, l) position,
+    then lose most of their digits (80% off float32 at b l = 8192). Same parameters and
+    state-dict keys as ``nn.LayerNorm``; the output has the input's dtype.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        work = torch.promote_types(x.dtype, torch.float32)
+        weight = None if self.weight is None else self.weight.to(work)
+        bias = None if self.bias is None else self.bias.to(work)
+        with torch.autocast(x.device.type, enabled=False):
+            y = nn.functional.layer_norm(x.to(work), self.normalized_shape, weight, bias, self.eps)
+        return y.to(x.dtype)
 
 
 class Block(nn.Module):

@@ -12,12 +12,13 @@ labels.
 from __future__ import annotations
 
 import warnings
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ssmkit.core.csvrows import read_rows, skipped_note
+from ssmkit.core.csvrows import RowStream, skipped_note
 
 Tensor = torch.Tensor
 MISSING = {"", "na", "nan", "n/a", "null", "."}
@@ -69,7 +70,10 @@ def read_csv(
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"CSV file {str(path)!r} does not exist")
-    header, rows, notes = _rows(path)
+    stream = RowStream(path)  # one row at a time: a few bytes per value, not ~30x the file
+    header = stream.header
+    if not any(header):
+        raise ValueError(f"{path}: line 1 must be the header row (column names), got {header}")
     if index_column is None and header[0].lower() in INDEX_NAMES and len(header) > 1:
         index_column = header[0]
     if index_column is not None and index_column not in header:
@@ -82,42 +86,31 @@ def read_csv(
         if header.count(c) > 1:
             raise ValueError(f"{path}: the header names column {c!r} {header.count(c)} times")
     cols = [header.index(c) for c in columns]
-    values = [[_number(row[j], path, line, header[j]) for j in cols] for line, row in rows]
-    y = torch.tensor(values, dtype=torch.float64).reshape(len(values), len(cols))  # (l, o)
+    k_index = None if index_column is None else header.index(index_column)
+    values, labels, n, last = array("d"), [], 0, 1
+    for line, row in stream:
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} cells, header has {len(header)}")
+        values.extend([_number(row[j], path, line, header[j]) for j in cols])
+        if k_index is not None:
+            labels.append(row[k_index].strip())
+        n, last = n + 1, line
+    notes = ()
+    if stream.skipped:
+        hint = " (write a missing last value as NA)" if len(header) == 1 else ""
+        notes = (skipped_note(path, stream.skipped) + hint,)
+        warnings.warn(notes[0], stacklevel=2)
+    if n == 0:
+        raise ValueError(f"{path}: needs a header row and at least one data row")
+    y = torch.frombuffer(values, dtype=torch.float64).clone().reshape(n, len(cols))  # (l, o)
     for k, c in enumerate(columns):
         if bool(torch.isnan(y[:, k]).all()):
             raise ValueError(
-                f"{path}, column {c!r}: all {len(rows)} values are missing (lines 2-"
-                f"{rows[-1][0]}); there is nothing to model"
+                f"{path}, column {c!r}: all {n} values are missing (lines 2-{last}); there is "
+                "nothing to model"
             )
-    index = None
-    if index_column is not None:
-        k = header.index(index_column)
-        index = tuple(row[k].strip() for _, row in rows)
+    index = None if k_index is None else tuple(labels)
     return Series(y, tuple(columns), index, index_column, notes)
-
-
-def _rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], tuple[str, ...]]:
-    """Header, (line number, cells) of every row after it, and notes on skipped lines.
-
-    The row rules are :func:`ssmkit.core.csvrows.read_rows`; this adds the checks on the
-    table's shape and the note (with a hint for one-column files) on trailing blank lines.
-    """
-    table = read_rows(path)
-    header, rows = table.header, table.rows
-    if not any(header):
-        raise ValueError(f"{path}: line 1 must be the header row (column names), got {header}")
-    notes = ()
-    if table.skipped:
-        hint = " (write a missing last value as NA)" if len(header) == 1 else ""
-        notes = (skipped_note(path, table.skipped) + hint,)
-        warnings.warn(notes[0], stacklevel=3)
-    if not rows:
-        raise ValueError(f"{path}: needs a header row and at least one data row")
-    for line, row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"{path}, line {line}: {len(row)} cells, header has {len(header)}")
-    return header, rows, notes
 
 
 def _number(cell: str, path: Path, lineno: int, column: str) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ssmkit.core.checks import check_tensor
+from ssmkit.core.checks import check_finite, check_tensor
 from ssmkit.core.gaussian import check_psd, psd_factor
 
 Tensor = torch.Tensor
@@ -117,7 +117,8 @@ def prepare(
         model: the SSM.
         y: (b, l, o) observations, NaN where missing.
         u: (b, l, m) inputs, required when the model has B or D.
-        validate: check that Q, R and P0 are PSD (skip it inside optimisation loops).
+        validate: check that F, H, m0, B, D are finite and Q, R, P0 PSD (skip it inside
+            optimisation loops).
     """
     if not isinstance(model, LinearGaussianSSM):
         raise TypeError(f"model must be a LinearGaussianSSM, got {type(model).__name__}")
@@ -135,7 +136,12 @@ def prepare(
         raise ValueError(f"m0 must have shape (n,) or (b, n) = ({b}, {n}), got {tuple(m0.shape)}")
     if P0.shape not in ((n, n), (b, n, n)):
         raise ValueError(f"P0 must have shape (n, n) or (b, n, n), got {tuple(P0.shape)}")
-    if validate:
+    if validate:  # F, H, m0, B, D finite (a NaN would pass silently into every step)
+        for name, x in (("F", model.F), ("H", model.H), ("m0", m0), ("B", model.B)):
+            if x is not None:
+                check_finite(name, x)
+        if model.D is not None:
+            check_finite("D", model.D)
         for name, x in (("Q", model.Q), ("R", model.R), ("P0", model.P0)):
             check_psd(name, x)
     c = d = None

@@ -128,12 +128,10 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
         raise ValueError(
             f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
         )
-    if D is not None:
-        _same("D", D, (d,))
-    if dt_bias is not None:
-        _same("dt_bias", dt_bias, (d,))
-    if z is not None:
-        _same("z", z, (b, l, d))
+    for name, t, shape in (("D", D, (d,)), ("dt_bias", dt_bias, (d,)), ("z", z, (b, l, d))):
+        if t is not None:
+            _same(name, t, shape)
+            check_finite(name, t)
     if initial_state is not None:
         _same("initial_state", initial_state, (b, d, n))
         check_finite("initial_state", initial_state)

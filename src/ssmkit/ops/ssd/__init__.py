@@ -68,6 +68,8 @@ def ssd(
     delta = delta_of(dt, dt_bias, dt_softplus)
     h0 = initial_state if initial_state is not None else x.new_zeros(b, h, p, n)
     impl = registry.resolve("ssd", backend, x.device)
+    if b == 0:  # an empty batch: the loop handles it, the chunked reshapes cannot
+        impl = registry.resolve("ssd", "ref", x.device)
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
     keep = None if keep is None else keep.to(x.dtype)
@@ -108,14 +110,19 @@ def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):
             f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
         )
     n = B.shape[-1]
-    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
+    if D is not None and tuple(check_tensor("D", D).shape) not in ((h,), (h, p)):
         raise ValueError(f"D must have shape ({h},) or ({h}, {p}), got {tuple(D.shape)}")
-    if dt_bias is not None and tuple(dt_bias.shape) != (h,):
+    if dt_bias is not None and tuple(check_tensor("dt_bias", dt_bias).shape) != (h,):
         raise ValueError(f"dt_bias must have shape ({h},), got {tuple(dt_bias.shape)}")
-    if z is not None and z.shape != x.shape:
+    if z is not None and check_tensor("z", z).shape != x.shape:
         raise ValueError(f"z must have shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state)
     if initial_state is not None and tuple(initial_state.shape) != (b, h, p, n):
         raise ValueError(
             f"initial_state must have shape {(b, h, p, n)}, got {tuple(initial_state.shape)}"
         )
+    for name, t in (("D", D), ("z", z), ("dt_bias", dt_bias), ("initial_state", initial_state)):
+        if t is not None:
+            check_finite(name, t)
     return b, l, h, p, n

@@ -20,7 +20,10 @@ def inject(u: Tensor, B_bar: Tensor, mimo: bool) -> Tensor:
     """B_bar u_t. u: (b, l, h) real; B_bar: SISO (h, n), MIMO (n, h). Returns (b, l, *s)."""
     if mimo:  # a real u times a complex B: two real products, not one complex one
         if B_bar.is_complex():
-            return torch.complex(u @ B_bar.real.T, u @ B_bar.imag.T)  # (b, l, n)
+            # in the SSM's precision even under autocast (there is no bfloat16 complex)
+            with torch.autocast(u.device.type, enabled=False):
+                u = u.to(B_bar.real.dtype)
+                return torch.complex(u @ B_bar.real.T, u @ B_bar.imag.T)  # (b, l, n)
         return u @ B_bar.T
     return u.unsqueeze(-1) * B_bar  # (b, l, h, n)
 

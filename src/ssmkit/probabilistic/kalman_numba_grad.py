@@ -264,61 +264,16 @@ def _bwd(F, H, Q, R, y, burn, A_st, P_st, PI_st, src, gout, gF, gH, gQ, gR, gm0,
                 gPi[:] = gPp
             else:  # P_inf was zeroed (or is zero): nothing flows back through it
                 gPi[:] = 0.0
-            if window == t:  # this step's gain was reused by the steady window after it
-                _entries_back(
-                    H[s],
-                    R[s],
-                    y[s, t],
-                    A,
-                    PS,
-                    PI,
-                    M,
-                    MI,
-                    f,
-                    fi,
-                    v,
-                    kind,
-                    ga,
-                    gP,
-                    gPi,
-                    w,
-                    gMx,
-                    gfx,
-                    gH[s],
-                    gR[s],
-                    gM,
-                    gMi,
-                    gz,
-                )
+            reused = window == t  # this step's gain was reused by the steady window after it
+            gM_st, gf_st = (gMx, gfx) if reused else (zero_M, zero_f)
+            _entries_back(
+                H[s], R[s], y[s, t], A, PS, PI, M, MI, f, fi, v, kind, ga, gP, gPi, w,
+                gM_st, gf_st, gH[s], gR[s], gM, gMi, gz,
+            )  # fmt: skip
+            if reused:
                 gMx[:] = 0.0
                 gfx[:] = 0.0
                 window = -1
-            else:
-                _entries_back(
-                    H[s],
-                    R[s],
-                    y[s, t],
-                    A,
-                    PS,
-                    PI,
-                    M,
-                    MI,
-                    f,
-                    fi,
-                    v,
-                    kind,
-                    ga,
-                    gP,
-                    gPi,
-                    w,
-                    zero_M,
-                    zero_f,
-                    gH[s],
-                    gR[s],
-                    gM,
-                    gMi,
-                    gz,
-                )
         gm0[s] = ga
         gP0[s] = gP
         gPinf[s] = gPi

@@ -38,4 +38,4 @@ def test_ode_command(tmp_path, capsys):
 
 def test_unknown_model_is_rejected():
     with pytest.raises(SystemExit):
-        _run(["latent", "sde"])
+        _run(["latent", "nope"])

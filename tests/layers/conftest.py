@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ssmkit.layers import DSS, LRU, S4, S4D, S5, BlockConfig
+from ssmkit.layers.spacetime import SpaceTime
 
 D_MODEL = 3
 
@@ -40,6 +41,7 @@ FACTORIES = {
         False,
     ),
     "lru": (lambda d, bi, blk: LRU(d, N=6, r_min=0.5, bidirectional=bi, block=blk), False),
+    "spacetime": (lambda d, bi, blk: SpaceTime(d, N=5, bidirectional=bi, block=blk), True),
 }
 NAMES = list(FACTORIES)
 CONV_NAMES = [n for n in NAMES if FACTORIES[n][1]]

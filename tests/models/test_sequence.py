@@ -55,7 +55,9 @@ def test_step_by_step_and_split_with_state_equal_the_whole(layer, io):
     torch.testing.assert_close(torch.cat([first, second], 1), whole, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("layer", ["s4d", "s5", "lru", "mamba", "mamba2"])
+@pytest.mark.parametrize(
+    "layer", ["s4d", "s5", "lru", "mamba", "mamba2", "h3", "gss", "longconv", "spacetime"]
+)
 @pytest.mark.parametrize("pooling", ["mean", "last"])
 def test_padded_batch_equals_items(layer, pooling):
     model = SequenceModel(small(layer, pooling=pooling), CLASSIFY).eval()
@@ -89,7 +91,7 @@ def test_sampling_is_reproducible_and_respects_top_k():
 
 def test_bad_configs_and_inputs_are_rejected():
     with pytest.raises(ValueError, match="layer"):
-        ModelConfig(layer="transformer")
+        ModelConfig(layer="rnn")
     with pytest.raises(ValueError, match="bidirectional"):
         SequenceModel(small("s4d", bidirectional=True), TOKENS)
     with pytest.raises(ValueError, match="bidirectional"):

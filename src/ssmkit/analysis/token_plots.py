@@ -12,6 +12,7 @@ import torch
 from ssmkit.analysis.token_dynamics import classify, paper_2d_cases, simulate
 from ssmkit.analysis.token_probe import LayerDynamics
 from ssmkit.core.ode import OdeSolution
+from ssmkit.core.plotting import integer_ticks
 from ssmkit.core.plotting import pyplot as _pyplot
 
 Tensor = torch.Tensor
@@ -73,25 +74,33 @@ def plot_paper_2d_cases(path: str, t_end: float = 20.0, n_points: int = 400) -> 
 
 
 def plot_token_norms(report: Sequence[LayerDynamics], path: str) -> None:
-    """Mean token norm entering and leaving each Mamba layer of a ``layer_report``, and the
-    per-token norms leaving each layer (one line per token position)."""
+    """Mean token norm entering and leaving each Mamba layer of a ``layer_report``, each layer
+    labelled with its scenario, and the per-token norms leaving each layer (one line per token
+    position, coloured by position)."""
     if not report:
         raise ValueError("report is empty: nothing to plot")
     plt = _pyplot()
     depth = list(range(len(report) + 1))
     mean = [float(report[0].norm_in.mean())] + [float(r.norm_out.mean()) for r in report]
     per_token = torch.stack([report[0].norm_in] + [r.norm_out for r in report])  # (depth, l)
-    fig, (ax, ax_tok) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, (ax, ax_tok) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     ax.plot(depth, mean, "o-")
-    for i, r in enumerate(report):
-        ax.annotate(r.scenario[:4], (i + 1, mean[i + 1]), fontsize=7)
-    ax.set(xlabel="Mamba layer (0 = input)", ylabel="mean token norm", title="token norm "
-           "across depth")  # fmt: skip
-    for l in range(per_token.shape[1]):
-        ax_tok.plot(
-            depth, per_token[:, l], lw=1, color=plt.cm.viridis(l / max(1, per_token.shape[1] - 1))
-        )
-    ax_tok.set(xlabel="Mamba layer", ylabel="token norm", title="per token (dark: first)")
+    for i, r in enumerate(report):  # the full scenario name, above its point, kept inside
+        ax.annotate(r.scenario, (i + 1, mean[i + 1]), xytext=(0, 6), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, annotation_clip=False)  # fmt: skip
+    ax.margins(x=0.12, y=0.18)
+    ax.set(xlabel="Mamba layer (0 = input)", ylabel="mean token norm (L2)",
+           title="token norm across depth")  # fmt: skip
+    n_tok = per_token.shape[1]
+    cmap = plt.get_cmap("viridis")
+    for l in range(n_tok):
+        ax_tok.plot(depth, per_token[:, l], lw=1, color=cmap(l / max(1, n_tok - 1)))
+    ax_tok.set(xlabel="Mamba layer (0 = input)", ylabel="token norm (L2)", title="per token")
+    norm = plt.Normalize(0, max(1, n_tok - 1))
+    bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax_tok)
+    bar.set_label("token position")
+    for a in (ax, ax_tok):
+        integer_ticks(a, "x")
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -7,6 +7,7 @@ subcommand has ``--help``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,14 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad input (a ValueError), a diverged training run (FloatingPointError) and a failing file
     operation (an OSError: a full disk, an unwritable or missing path) end with one line on
-    stderr and exit status 2, no traceback.
+    stderr and exit status 2, no traceback. A reader that stops early (``ssmkit list | head``)
+    ends the command quietly with status 141, as SIGPIPE ends other Unix tools.
     """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "extra_ok", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return int(args.fn(args, extra) if getattr(args, "extra_ok", False) else args.fn(args))
+        status = int(args.fn(args, extra) if getattr(args, "extra_ok", False) else args.fn(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # Python would flush stdout again at exit and report the same error: point it at
+        # /dev/null first (the recipe of Python's signal module documentation).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ValueError, FloatingPointError) as e:  # bad input, divergence: one clear line
         print(f"ssmkit {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ssmkit.cli.options import int_at_least
+
 
 def _cmd_hippo(args: argparse.Namespace) -> int:
     from ssmkit.analysis.hippo_plot import demo_signal, plot_reconstruction
@@ -28,6 +30,9 @@ def _cmd_hippo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ssmkit.bench import run, write_json
     from ssmkit.bench.measure import malloc_env
+    from ssmkit.train.config import available_device
+
+    available_device(args.device, "device")  # before the re-run and the first measurement
 
     missing = {k: v for k, v in malloc_env().items() if os.environ.get(k) != v}
     if missing and not args.no_reexec:
@@ -47,13 +52,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from ssmkit import data
-    from ssmkit.models.sequence import LAYERS
+    from ssmkit.models.sequence import ALL_LAYERS
     from ssmkit.ops import registry
 
     print("tasks (ssmkit train --task NAME):")
     for name in data.task_names():
         print(f"  {name:20} {data.TASKS[name].summary}")
-    print(f"models (ssmkit train --model NAME): {', '.join(LAYERS)}")
+    print(f"models (ssmkit train --model NAME): {', '.join(ALL_LAYERS)}")
     print("operators and backends:")
     for op in registry.ops():
         if op.startswith("_"):
@@ -74,8 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hippo", help="HiPPO online compression and reconstruction of a signal, plotted to PNG"
     )
     hippo.add_argument("--measure", default="legs", choices=["legs", "legt", "lagt", "fout"])
-    hippo.add_argument("--length", type=int, default=1000, help="signal length (default 1000)")
-    hippo.add_argument("--N", type=int, nargs="+", default=[8, 16, 32, 64], help="state sizes")
+    hippo.add_argument(
+        "--length", type=int_at_least(1), default=1000, help="signal length (default 1000)"
+    )
+    hippo.add_argument(
+        "--N", type=int_at_least(1), nargs="+", default=[8, 16, 32, 64], help="state sizes"
+    )
     hippo.add_argument("--seed", type=int, default=0)
     hippo.add_argument("--out", default="ssmkit-out", help="output directory (default ssmkit-out)")
     hippo.set_defaults(fn=_cmd_hippo)
@@ -88,9 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=SIZES,
         help="tiny: smoke test; default: about a minute on 2 cores; full: the issue sizes",
     )
-    bench.add_argument("--repeat", type=int, default=3, help="timed runs per measurement")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    bench.add_argument(
+        "--repeat", type=int_at_least(1), default=3, help="timed runs per measurement"
+    )
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    bench.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="torch threads (default: torch's)"
+    )
     bench.add_argument("--json", help="also write the rows to this JSON file")
     bench.add_argument("--no-reexec", action="store_true", help=argparse.SUPPRESS)
     bench.set_defaults(fn=_cmd_bench)

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from ssmkit.cli.options import int_at_least
+
 
 def _cmd_dynamics(args: argparse.Namespace) -> int:
     import torch
@@ -91,7 +93,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     dyn.add_argument("run_dir")
     dyn.add_argument("--split", default="test", choices=["train", "val", "test"])
-    dyn.add_argument("--items", type=int, default=8, help="sequences to probe (default 8)")
+    dyn.add_argument(
+        "--items", type=int_at_least(1), default=8, help="sequences to probe (default 8)"
+    )
     dyn.add_argument("--weights", default="best", choices=["best", "last"])
     dyn.add_argument("--plot", action="store_true", help="also plot token norms across depth")
     dyn.set_defaults(fn=_cmd_dynamics)

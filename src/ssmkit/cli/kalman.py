@@ -172,7 +172,7 @@ def _report(args: argparse.Namespace, series, res) -> None:
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    from ssmkit.probabilistic.plots import pyplot
+    from ssmkit.probabilistic.plots import plot_forecast, pyplot, time_axis
 
     try:
         series, y, res = _fit(args)
@@ -204,29 +204,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     print(f"data and model options written to {_save_fit(args, out)} (for forecast --fit)")
     fc = res.forecast(args.horizon, args.level)
     try:
-        plt = pyplot()
+        pyplot()
     except ValueError as err:
         print(f"no plots written: {err}")
         return 0
-    l = y.shape[1]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    ax.plot(range(l), y[0, :, 0], ".", color="0.4", label="data")
     signal = sm.m[0] @ res.model.H.reshape(-1, sm.m.shape[-1])[0]  # (l,) H x_t
-    ax.plot(range(l), signal.detach(), label="smoothed signal")
-    tf = range(l, l + args.horizon)
-    ax.plot(tf, fc.mean[0, :, 0], label="forecast")
-    ax.fill_between(
-        tf,
-        fc.lower[0, :, 0],
-        fc.upper[0, :, 0],
-        alpha=0.3,
-        label=f"{int(100 * args.level)}% interval",
-    )
-    ax.set_title(f"{model_name(args)} model of {series.columns[0]}")
-    ax.legend()
-    png = out / "forecast.png"
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    png = plot_forecast(
+        y[0, :, 0], signal.detach(), fc.mean[0, :, 0], fc.lower[0, :, 0], fc.upper[0, :, 0],
+        time_axis(series.index, series.index_name, args.horizon), out / "forecast.png",
+        f"{model_name(args)} model of {series.columns[0]}", series.columns[0], args.level,
+    )  # fmt: skip
     print(f"plot written to {png}")
     png = res.plot_diagnostics(out / "diagnostics.png")
     print(f"residual diagnostics plot written to {png}")
@@ -234,13 +221,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
+    from ssmkit.probabilistic.plots import time_axis
+
     try:
         if args.fit is not None:
             _use_saved_fit(args, args.saved_defaults)
-        _, _, res = _fit(args)
+        series, _, res = _fit(args)
     except ValueError as err:
         print(f"ssmkit forecast: error: {err}", file=sys.stderr)
         return 2
+    dates = time_axis(series.index, series.index_name, args.horizon).labels
     fc = res.forecast(args.horizon, args.level)
     pct = f"{100 * args.level:g}%"
     print(f"{'step':>4} {'mean':>14} {pct + ' lower':>14} {pct + ' upper':>14}")
@@ -255,8 +245,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
         path = out / "forecast.csv"
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["step", "mean", "lower", "upper"])
-            w.writerows([[r[0], *(f"{v:.10g}" for v in r[1:])] for r in rows])
+            # the CSV's own index (dates, years) continued, when it is regular
+            first = [series.index_name] if dates else []
+            w.writerow([*first, "step", "mean", "lower", "upper"])
+            for k, r in enumerate(rows):
+                w.writerow([*([dates[k]] if dates else []), r[0], *(f"{v:.10g}" for v in r[1:])])
         print(f"forecast written to {path}")
     return 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ssmkit.cli.options import int_at_least
+
 DEFAULT_LENGTHS = (256, 1024, 4096, 16384, 65536)
 
 
@@ -57,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--seed", type=int, help="data seed (default: the training seed + 1)")
     ex.add_argument("--weights", default="best", choices=["best", "last"])
     ex.add_argument("--device", default="cpu")
-    ex.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ex.add_argument(
+        "--threads", type=int_at_least(0), default=0, help="torch CPU threads (0: default)"
+    )
     ex.add_argument("--out", help="directory of the report (default: the run directory)")
     ex.add_argument("--no-plot", action="store_true", help="skip extrapolation.png")
     ex.set_defaults(fn=_cmd_extrapolate)

@@ -1,4 +1,5 @@
-"""``ssmkit train``, ``eval``, ``generate`` and ``plot``: sequence models on offline tasks."""
+"""``ssmkit train``, ``eval``, ``generate``, ``export`` and ``plot``: sequence models on offline
+tasks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from ssmkit.models.sequence import LAYERS
+from ssmkit.models.sequence import ALL_LAYERS
 
 PROGRESS = ("auto", "bar", "lines", "off")
 EXTEND = ("epochs", "max_steps", "train.epochs", "train.max_steps")  # allowed with --resume
@@ -36,6 +37,7 @@ def _overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     from ssmkit.train import TrainingInterruptedError, apply_overrides, default_run, train
+    from ssmkit.train.config import available_device
     from ssmkit.train.run import read_config
 
     if args.resume:
@@ -58,6 +60,7 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(args.runs) / f"{run.task}-{run.model.layer}-{stamp}"
+    available_device(run.train.device, "device")  # before the run directory is made
     rank0 = int(os.environ.get("RANK", "0")) == 0
     say = print if rank0 else (lambda *a: None)
     say(f"run directory: {run_dir}")
@@ -151,14 +154,30 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not ids:
         raise ValueError("--prompt is empty")
     g = torch.Generator().manual_seed(args.seed)
-    out = run.model.generate(
+
+    def show(tokens: list[int], first: bool = False) -> None:  # printed as soon as decoded
+        if spec.itos is not None:
+            print("".join(spec.itos[i] for i in tokens), end="", flush=True)
+        else:
+            print(("" if first else " ") + " ".join(map(str, tokens)), end="", flush=True)
+
+    show(ids, first=True)
+    run.model.generate(
         torch.tensor([ids], device=args.device), args.max_new_tokens, args.temperature,
         args.top_k, args.top_p, greedy=args.greedy, generator=g,
-    )[0].tolist()  # fmt: skip
-    if spec.itos is not None:
-        print("".join(spec.itos[i] for i in out))
-    else:
-        print(" ".join(map(str, out)))
+        repetition_penalty=args.repetition_penalty, streamer=lambda t: show(t.tolist()),
+    )  # fmt: skip
+    print()
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ssmkit.models.export import save_sequence_model
+    from ssmkit.train.run import load_run
+
+    run = load_run(Path(args.run_dir), args.weights)
+    out = save_sequence_model(run.model, args.to, run.spec.itos)
+    print(f"exported {args.run_dir} ({args.weights} weights) to {out}")
     return 0
 
 
@@ -172,24 +191,42 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _options_epilog() -> str:
-    """The overridable fields with their defaults, for ``ssmkit train --help``."""
+    """The overridable fields with the values plain ``ssmkit train`` uses, the measured
+    settings other tasks start from, and each task's fields, for ``ssmkit train --help``."""
     import dataclasses
 
     from ssmkit import data
-    from ssmkit.models.sequence import ModelConfig
-    from ssmkit.train.config import TrainConfig
+    from ssmkit.train.config import RECOMMENDED, RECOMMENDED_FOR_LAYER, TrainConfig, default_run
 
     def fields(cfg: object) -> str:
         return ", ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg))
 
-    lines = [f"model options: {fields(ModelConfig())}", f"train options: {fields(TrainConfig())}"]
-    for name in data.task_names():
-        lines.append(f"task {name}: {fields(data.task_config(name))}")
+    def settings(table: dict[str, dict[str, object]]) -> str:
+        return "; ".join(
+            f"{part} " + ", ".join(f"{k}={v}" for k, v in values.items())
+            for part, values in table.items()
+        )
+
+    plain, base = default_run(), TrainConfig()
+    lines = [
+        f"plain `ssmkit train` (--task {plain.task} --model {plain.model.layer}) uses:",
+        f"  model options: {fields(plain.model)}",
+        f"  train options: {fields(plain.train)}",
+        f"other tasks and layers start from the config defaults (train: epochs={base.epochs}, "
+        f"lr={base.lr}) changed by these measured settings:",
+    ]
+    lines += [f"  --task {task}: {settings(table)}" for task, table in RECOMMENDED.items()]
+    lines += [
+        f"  --task {task} --model {layer}: {settings(table)}"
+        for (task, layer), table in RECOMMENDED_FOR_LAYER.items()
+    ]
+    lines.append("task options (defaults):")
+    lines += [f"  task {name}: {fields(data.task_config(name))}" for name in data.task_names()]
     return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``eval``, ``generate`` and ``plot`` to the ``ssmkit`` command."""
+    """Add ``train``, ``eval``, ``generate``, ``export`` and ``plot`` to the ``ssmkit`` command."""
     tr = sub.add_parser(
         "train",
         help="train a model on a task (no arguments: S4D on sequential digits)",
@@ -200,7 +237,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tr.add_argument("--task", help="task name (default digits)")
-    tr.add_argument("--model", choices=LAYERS, help="layer type of the blocks (default s4d)")
+    tr.add_argument("--model", choices=ALL_LAYERS, help="layer type of the blocks (default s4d)")
     tr.add_argument("--out", help="run directory (default runs/TASK-MODEL-TIMESTAMP)")
     tr.add_argument("--runs", default="runs", help="parent of new run directories")
     tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -234,10 +271,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--top-k", type=int)
     gen.add_argument("--top-p", type=float)
     gen.add_argument("--greedy", action="store_true")
+    gen.add_argument(
+        "--repetition-penalty", type=float, default=1.0,
+        help="> 1 discourages tokens already present (CTRL; default 1: off)",
+    )  # fmt: skip
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--weights", default="best", choices=["best", "last"])
     gen.add_argument("--device", default="cpu")
     gen.set_defaults(fn=_cmd_generate)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a trained run as a self-contained model directory (config.json + "
+        "model.safetensors) that ssmkit.models.from_pretrained reads",
+    )
+    ex.add_argument("run_dir")
+    ex.add_argument("--to", required=True, metavar="DIR", help="output directory")
+    ex.add_argument("--weights", default="best", choices=["best", "last"])
+    ex.set_defaults(fn=_cmd_export)
 
     pl = sub.add_parser("plot", help="training curves, kernels and step sizes as PNG")
     pl.add_argument("run_dir")

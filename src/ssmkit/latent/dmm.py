@@ -9,7 +9,8 @@ Krishnan, Shalit & Sontag, "Structured Inference Networks for Nonlinear State Sp
 Gated transition (section 5): gate g = sigmoid(MLP(z)), proposal h = MLP(z),
 mu = (1 - g) * (W z + b) + g * h with W initialised to I, sigma^2 = softplus(W_s relu(h) + b_s).
 
-Inference network "ST-R": a GRU reads x_{t:T} backwards (h^right_t); the combiner merges it
+Inference network "ST-R": a GRU reads x_{t:T} backwards (h^right_t; ``encoder`` swaps in an
+ssmkit layer, ``encoder_direction="bidirectional"`` gives ST-LR); the combiner merges it
 with the sampled z_{t-1}: h_comb = (tanh(W z_{t-1} + b) + h^right_t) / 2,
 q(z_t | z_{t-1}, x_{t:T}) = N(W_mu h_comb + b_mu, softplus(W_s h_comb + b_s)).
 
@@ -33,6 +34,7 @@ from ssmkit.latent.elbo import (
     gaussian_log_prob,
     sequential_elbo,
 )
+from ssmkit.latent.encoders import DIRECTIONS, ENCODERS, SequenceEncoder
 
 Tensor = torch.Tensor
 LIKELIHOODS = ("gaussian", "bernoulli")
@@ -46,7 +48,10 @@ class DMMConfig:
     z_dim: int = 4  # latent state size, dim(z_t)
     transition_dim: int = 32  # hidden units of the gated transition MLPs
     emission_dim: int = 32  # hidden units of the emission MLP
-    rnn_dim: int = 32  # hidden size of the backward GRU of the inference network (h^right)
+    rnn_dim: int = 32  # feature size of the inference network's encoder (h^right)
+    encoder: str = "gru"  # layer of the inference network: "gru", "s4d", "lru" or "mamba"
+    encoder_direction: str = "backward"  # "backward": q(z_t | z_{t-1}, x_{t:T}) (ST-R);
+    # "bidirectional": q(z_t | z_{t-1}, x_{1:T}) (ST-LR, the smoothing posterior)
     likelihood: str = "gaussian"  # p(x_t | z_t): "gaussian" (mean, variance) or "bernoulli"
     min_var: float = 1e-4  # floor added to every predicted variance (numerical safety)
 
@@ -54,6 +59,8 @@ class DMMConfig:
         for name in ("x_dim", "z_dim", "transition_dim", "emission_dim", "rnn_dim"):
             check_int(name, getattr(self, name), minimum=1)
         check_choice("likelihood", self.likelihood, LIKELIHOODS)
+        check_choice("encoder", self.encoder, ENCODERS)
+        check_choice("encoder_direction", self.encoder_direction, DIRECTIONS)
         if not (isinstance(self.min_var, int | float) and self.min_var > 0):
             raise ValueError(f"min_var must be a number > 0, got {self.min_var!r}")
 
@@ -178,7 +185,7 @@ class DeepMarkovModel(nn.Module):
             self.emission: nn.Module = GaussianEmission(c.x_dim, c.z_dim, c.emission_dim, c.min_var)
         else:
             self.emission = BernoulliEmission(c.x_dim, c.z_dim, c.emission_dim)
-        self.rnn = nn.GRU(c.x_dim, c.rnn_dim, batch_first=True)
+        self.encoder = SequenceEncoder(c.encoder, c.x_dim, c.rnn_dim, c.encoder_direction)
         self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_var)
         self.z_0 = nn.Parameter(torch.zeros(c.z_dim))  # z_0 of the prior p(z_1 | z_0)
         self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))  # z_0 fed to the combiner at t = 1
@@ -193,7 +200,7 @@ class DeepMarkovModel(nn.Module):
         return x
 
     def encode(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Backward GRU states h^right_t, each a summary of x_{t:T_b} of its own sequence.
+        """Encoder states h^right_t: summaries of x_{t:T_b} (or x_{1:T_b}, bidirectional).
 
         Args:
             x: (b, l, x) observations, zero at padded steps.
@@ -202,14 +209,7 @@ class DeepMarkovModel(nn.Module):
         Returns:
             (b, l, r) states; rows past a sequence's end hold states of the padding (unused).
         """
-        l = x.shape[1]
-        lengths = mask.sum(1, keepdim=True)  # (b, 1)
-        j = torch.arange(l, device=x.device)[None]  # (1, l)
-        # Reverse each row inside its own length; the permutation is its own inverse.
-        idx = torch.where(j < lengths, lengths - 1 - j, j)  # (b, l)
-        x_rev = x.gather(1, idx[..., None].expand_as(x))
-        out_rev, _ = self.rnn(x_rev)  # (b, l, r): step s has read x_{T_b - s .. T_b}
-        return out_rev.gather(1, idx[..., None].expand_as(out_rev))
+        return self.encoder(x, mask.sum(1))  # each row read inside its own length
 
     def elbo(
         self,

@@ -5,7 +5,8 @@ arXiv 1907.03907), building on Chen et al. 2018 (arXiv 1806.07366):
 
     encoder (ODE-RNN, run backwards in time): between observations the hidden state follows
         h' = f_enc(h); at an observation x_i it jumps h <- GRU([x_i, 1], h). The final state at
-        t_0 gives q(z_0 | x) = N(mu(h), diag sigma^2(h)).
+        t_0 gives q(z_0 | x) = N(mu(h), diag sigma^2(h)). ``encoder="s4d"|"lru"|"mamba"``
+        replaces it by an ssmkit layer reading the grid backwards (``latent.encoders``).
     generative model: z_0 ~ N(0, I),  z' = f_dec(z),  x(t_i) ~ N(g(z(t_i)), obs_std^2 I).
 
 The ELBO is ``latent.elbo.sequential_elbo`` with one KL term, KL(q(z_0|x) || N(0, I)), and the
@@ -24,6 +25,7 @@ from torch import nn
 from ssmkit.core.checks import check_choice, check_int, check_shape, check_tensor
 from ssmkit.core.ode import METHODS, solve_ivp
 from ssmkit.latent.elbo import ElboTerms, gaussian_kl, gaussian_log_prob, sequential_elbo
+from ssmkit.latent.encoders import ENCODERS, GridEncoder
 
 Tensor = torch.Tensor
 
@@ -44,12 +46,14 @@ class LatentODEConfig:
     decoder_step: float = 0.1  # its (maximum) step size ("dopri5": only the first step)
     rtol: float = 1e-5  # dopri5 relative tolerance
     atol: float = 1e-6  # dopri5 absolute tolerance
+    encoder: str = "gru"  # "gru": the ODE-RNN above; "s4d", "lru", "mamba": an ssmkit layer
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "latent_dim", "rec_dim", "ode_hidden", "decoder_hidden"):
             check_int(name, getattr(self, name), minimum=1)
         check_choice("encoder_method", self.encoder_method, METHODS)
         check_choice("decoder_method", self.decoder_method, METHODS)
+        check_choice("encoder", self.encoder, ENCODERS)
         for name in ("obs_std", "encoder_step", "decoder_step", "rtol", "atol"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
@@ -151,7 +155,10 @@ class LatentODE(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.encoder = ODERNNEncoder(c)
+        self.encoder: nn.Module = (
+            ODERNNEncoder(c) if c.encoder == "gru"
+            else GridEncoder(c.encoder, c.obs_dim, c.rec_dim, c.latent_dim)
+        )  # fmt: skip
         self.dynamics = ODEFunc(c.latent_dim, c.ode_hidden)
         self.decoder = nn.Sequential(
             nn.Linear(c.latent_dim, c.decoder_hidden), nn.ReLU(),

@@ -17,6 +17,17 @@ Two optional refinements of Vo et al. (arXiv 2410.03292), both off by default:
   output is mapped back with P^T (exact for a hard permutation; the authors' vision code
   leaves it in sorted order). It mixes the whole sequence, so it is allowed only with
   ``causal=False`` (classification), and refuses streaming (``state``, ``step``).
+
+Two recall fixes, also off by default:
+
+* ``polarize``: two of the n state channels have a fixed transition (Wang et al., ICLR 2025,
+  "Understanding and mitigating bottlenecks of SSMs through the lens of recency and
+  over-smoothing"): channel n-2 has A = 0, so A_bar = 1 (no decay: a running
+  sum of delta B u), channel n-1 has A_bar = 0 (full decay: only the current token). A_log then
+  holds the n-2 learned channels.
+* ``mimetic``: an initialisation that makes the layer start close to linear attention
+  (Trockman et al., arXiv 2410.11135): the C rows of x_proj equal the B rows, so C_t^T B_s is
+  a correlation of tokens t and s, and A is near 0 (A_bar near 1), so the state barely decays.
 """
 
 from __future__ import annotations
@@ -49,6 +60,10 @@ from ssmkit.ops.selective_scan.ref import finish, selective_scan_ref
 
 Tensor = torch.Tensor
 
+# |A| of the mimetic initialisation: A_bar = exp(delta A) stays above 0.97 for 30 steps of
+# the largest initial delta (0.1), so the state starts as an almost undecayed sum
+MIMETIC_A = 1e-2
+
 
 class MambaState(NamedTuple):
     """The recurrent state of a Mamba layer."""
@@ -76,6 +91,9 @@ class Mamba(SequenceLayer):
             scan; O(l^2). Breaks causality: needs ``causal=False``.
         causal: whether the layer serves an autoregressive model (the default). ``False``
             declares a non-causal use (e.g. a classifier) and changes nothing else.
+        polarize: fix state channel n-2 to A_bar = 1 and channel n-1 to A_bar = 0 (needs
+            d_state >= 3).
+        mimetic: attention-like initialisation (W_C = W_B, A = -MIMETIC_A).
     """
 
     def __init__(
@@ -94,6 +112,8 @@ class Mamba(SequenceLayer):
         bc_param: str = "none",
         reorder: bool = False,
         causal: bool = True,
+        polarize: bool = False,
+        mimetic: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
@@ -107,15 +127,22 @@ class Mamba(SequenceLayer):
         self.d_inner, self.dt_rank, self.backend = expand * d_model, dt_rank, backend
         d_inner = self.d_inner
         self.bc_param = check_bc_param(bc_param, d_state, d_inner)
-        for name, v in (("reorder", reorder), ("causal", causal)):
+        flags = (("reorder", reorder), ("causal", causal), ("polarize", polarize))
+        for name, v in (*flags, ("mimetic", mimetic)):
             if not isinstance(v, bool):
                 raise TypeError(f"{name} must be a bool, got {type(v).__name__}")
+        if polarize and d_state < 3:
+            raise ValueError(
+                f"polarize fixes 2 of d_state channels: needs d_state >= 3, got {d_state}"
+            )
+        if mimetic and bc_param != "none":
+            raise ValueError(f"mimetic sets W_C = W_B and needs bc_param='none', got {bc_param!r}")
         if reorder and causal:
             raise ValueError(
                 "token reordering breaks causality; use it only in non-causal (classification) "
                 "models, causal=False"
             )
-        self.reorder, self.causal = reorder, causal
+        self.reorder, self.causal, self.polarize = reorder, causal, polarize
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
         self.conv1d = CausalConv1d(d_inner, d_conv, bias=conv_bias)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
@@ -125,7 +152,13 @@ class Mamba(SequenceLayer):
             bound = dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
             self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
-        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # S4D-Real
+        n_learned = d_state - 2 if polarize else d_state
+        A = torch.arange(1, n_learned + 1, dtype=torch.float32).repeat(d_inner, 1)  # S4D-Real
+        if mimetic:
+            A = torch.full_like(A, MIMETIC_A)
+            with torch.no_grad():  # W_C = W_B
+                rows = self.x_proj.weight
+                rows[dt_rank + d_state :].copy_(rows[dt_rank : dt_rank + d_state])
         self.A_log = ssm_parameter(nn.Parameter(torch.log(A)), lr=None)
         self.D = ssm_parameter(nn.Parameter(torch.ones(d_inner)), lr=None)
         ssm_parameter(self.dt_proj.bias, lr=None)
@@ -161,22 +194,44 @@ class Mamba(SequenceLayer):
         if self.reorder:
             self._refuse_streaming(state is not None, return_state, cu_seqlens is not None)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (b, l, d_inner) each
+        y, new_state = self.mix(xs, z, state, lengths, reset)
+        y = check_overflow(self, self.out_proj(y), x)
+        if lengths is not None:
+            y = y * length_mask(lengths, l).unsqueeze(-1)
+        return y, (new_state if return_state else None)
+
+    def mix(
+        self,
+        xs: Tensor,
+        z: Tensor,
+        state: MambaState | None = None,
+        lengths: Tensor | None = None,
+        reset: Tensor | None = None,
+    ) -> tuple[Tensor, MambaState]:
+        """The part between in_proj and out_proj: conv1d, SiLU, selection, gated scan.
+
+        Args:
+            xs, z: (b, l, d_inner) the two halves of in_proj's output (checked by the caller).
+            state, lengths, reset: as in :meth:`forward`.
+
+        Returns:
+            y: (b, l, d_inner) before out_proj, and the state after each item's last step.
+        """
+        l = xs.shape[1]
         xs, conv_last = self.conv1d(xs, None if state is None else state.conv, lengths, reset)
         xs = F.silu(xs)
         P = self.soft_permutation(xs, lengths) if self.reorder else None  # (b, l, l)
         if P is not None:  # valid tokens stay in the first lengths[i] places
             xs, z = P.to(xs.dtype) @ xs, P.to(z.dtype) @ z
         delta, B, C = self._selection(xs)
-        mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)  # (b, l, 1)
-        if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
-            delta = delta * mask
-        y, h = self._scan(xs, delta, B, C, z, None if state is None else state.ssm, reset=reset)
+        if lengths is not None:  # delta = 0 past the end: the state stays, nothing enters
+            delta = delta * length_mask(lengths, l).unsqueeze(-1)  # (b, l, d_inner)
+        h0 = None if state is None else state.ssm
+        last = None if lengths is None else lengths - 1
+        y, h = self._scan(xs, delta, B, C, z, h0, reset=reset, last=last)
         if P is not None:
             y = P.transpose(-1, -2).to(y.dtype) @ y  # back to the input order
-        y = check_overflow(self, self.out_proj(y), x)
-        if mask is not None:
-            y = y * mask
-        return y, (MambaState(conv_last, h) if return_state else None)
+        return y, MambaState(conv_last, h)
 
     def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """One token: x_t (b, d) -> y_t (b, d) and the next state (same sizes)."""
@@ -232,27 +287,46 @@ class Mamba(SequenceLayer):
                 f"be used with {what}; run full sequences, or build the layer with reorder=False"
             )
 
-    def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None, reset=None):
+    def _scan(self, xs, delta, B, C, z, h0, backend: str | None = None, reset=None, last=None):
         """The SSM in float32 at least (float64 models stay float64), whatever autocast says.
 
         ``backend="step"``: one token from a checked state; the loop definition is called
-        directly, skipping the entry point's input checks and backend lookup.
+        directly, skipping the entry point's input checks and backend lookup. ``last`` (b,):
+        each item's last valid step (default the last step), where a polarized layer reads
+        its full-decay channel's state.
         """
         work = torch.promote_types(xs.dtype, torch.float32)
-        A = -torch.exp(self.A_log.to(work))  # (d_inner, n)
+        A = -torch.exp(self.A_log.to(work))  # (d_inner, n), or (d_inner, n - 2) polarized
+        xs_w, delta, B, C = xs.to(work), delta.to(work), B.to(work), C.to(work)
+        D, z_w = self.D.to(work), z.to(work)
+        if self.polarize:  # the no-decay channel (A = 0) joins the scan, the full-decay one not
+            A = F.pad(A, (0, 1))  # (d_inner, n - 1)
+            (B, B_full), (C, C_full) = (
+                B.split([self.d_state - 1, 1], -1),
+                C.split([self.d_state - 1, 1], -1),
+            )
+            h0 = None if h0 is None else h0[..., :-1]
         with torch.autocast(xs.device.type, enabled=False):
             if backend == "step":
-                xs_w = xs.to(work)
                 y, h = selective_scan_ref(
-                    xs_w, delta.to(work), A, B.to(work).unsqueeze(2), C.to(work).unsqueeze(2),
-                    h0.to(work),
+                    xs_w, delta, A, B.unsqueeze(2), C.unsqueeze(2), h0.to(work)
+                )
+                if not self.polarize:
+                    return finish(y, xs_w, D, z_w).to(xs.dtype), h
+            else:
+                y, h = selective_scan(
+                    xs_w, delta, A, B, C, None if self.polarize else D,
+                    None if self.polarize else z_w,
+                    initial_state=None if h0 is None else h0.to(work),
+                    return_final_state=True, backend=backend or self.backend, reset=reset,
                 )  # fmt: skip
-                return finish(y, xs_w, self.D.to(work), z.to(work)).to(xs.dtype), h
-            y, h = selective_scan(
-                xs.to(work), delta.to(work), A, B.to(work), C.to(work), self.D.to(work),
-                z.to(work), initial_state=None if h0 is None else h0.to(work),
-                return_final_state=True, backend=backend or self.backend, reset=reset,
-            )  # fmt: skip
+                if not self.polarize:
+                    return y.to(xs.dtype), h
+            h_full = delta * B_full * xs_w  # (b, l, d_inner): A_bar = 0 keeps only this step
+            y = finish(y + C_full * h_full, xs_w, D, z_w)
+            rows = torch.arange(xs.shape[0], device=xs.device)
+            at = torch.full_like(rows, xs.shape[1] - 1) if last is None else last
+            h = torch.cat([h, h_full[rows, at].unsqueeze(-1)], -1)  # (b, d_inner, n)
         return y.to(xs.dtype), h
 
     def _check_state(self, state: MambaState, batch: int) -> None:

@@ -1,72 +1,248 @@
 """Autoregressive decoding shared by every language model of the package.
 
-A model qualifies when ``model(ids, return_state=True)`` returns ``(logits (b, l, v), state)``
-and ``model.step(token (b,), state)`` returns ``(logits (b, v), state)``: the prompt is read
-in one forward pass (chunked prefill), then tokens are decoded one step at a time with a
-state of constant size.
+A model qualifies when ``model(ids, state=..., lengths=..., return_state=True)`` returns
+``(logits (b, l, v), state)`` and ``model.step(token (b,), state)`` returns
+``(logits (b, v), state)``: the prompt is read in one forward pass (chunked prefill), then
+tokens are decoded one step at a time with a state of constant size. Nothing here knows the
+layer types: any layer that follows the protocol of :mod:`ssmkit.layers.base` decodes.
+
+Batches of prompts of different lengths follow the transformers convention: ``input_ids``
+(b, l) left-padded, ``attention_mask`` (b, l) with 1 on real tokens. A recurrent model must
+not read the padding (it would enter the state), so the prompt is shifted to a right-padded
+batch and read with the layer protocol's ``lengths``, which returns each row's state after
+its last real token; every row then decodes as if it were alone.
+
+Prefix caching: :meth:`GenerationMixin.prefill` returns a :class:`PromptState` (the per-layer
+states after a prompt and the next-token logits); ``generate(..., prefix=p)`` continues from
+it as often as wanted (states are never modified in place), a batch-1 prefix serving a batch
+of continuations.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from ssmkit.core.checks import check_tensor
 
 Tensor = torch.Tensor
 
 
 class Decoder(Protocol):
-    def __call__(self, ids: Tensor, *, return_state: bool) -> tuple[Tensor, object]: ...
+    def __call__(
+        self, ids: Tensor, *, state: object, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, object]: ...
 
     def step(self, token: Tensor, state: object) -> tuple[Tensor, object]: ...
 
 
-def check_sampling(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, greedy: bool
-) -> None:
-    """Reject sampling settings that would fail or silently do something else."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not greedy and not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (or greedy=True), got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+@dataclass(frozen=True)
+class PromptState:
+    """What decoding needs after a prompt: a saved prefix that can be continued many times.
 
-
-@torch.no_grad()
-def decode(
-    model: Decoder,
-    input_ids: Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    eos_token_id: int | None = None,
-    greedy: bool = False,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Continue ``input_ids`` (b, l) by up to ``max_new_tokens`` tokens; returns (b, l + new).
-
-    Sequences that produced ``eos_token_id`` are padded with it; decoding stops early when
-    every sequence has.
+    Attributes:
+        state: the model's per-layer states after each row's last real token (batch first).
+        logits: (b, v) next-token logits after the prompt.
+        seen: (b, v) bool, the tokens of the prompt (for ``repetition_penalty``).
     """
-    check_sampling(max_new_tokens, temperature, top_k, top_p, greedy)
-    logits, state = model(input_ids, return_state=True)
-    last = logits[:, -1]
-    out = [input_ids]
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        token = sample(last, greedy, temperature, top_k, top_p, generator)
-        if eos_token_id is not None:
-            token = torch.where(done, torch.full_like(token, eos_token_id), token)
-            done = done | (token == eos_token_id)
-        out.append(token.unsqueeze(1))
-        if eos_token_id is not None and bool(done.all()):
-            break
+
+    state: object
+    logits: Tensor
+    seen: Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.logits.shape[0]
+
+    def expand(self, batch: int) -> PromptState:
+        """This batch-1 prefix repeated for ``batch`` continuations (a fork)."""
+        if self.batch == batch:
+            return self
+        if self.batch != 1:
+            raise ValueError(
+                f"prefix has batch {self.batch}; it must be 1 or equal the batch of input_ids "
+                f"({batch})"
+            )
+        return PromptState(_map(lambda t: t.expand(batch, *t.shape[1:]), self.state),
+                           self.logits.expand(batch, -1), self.seen.expand(batch, -1))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen (transformers' names and order of logits processors)."""
+
+    max_new_tokens: int
+    temperature: float = 1.0  # softmax temperature (sampling only)
+    top_k: int | None = None  # keep the k most likely tokens
+    top_p: float | None = None  # keep the smallest set of tokens with probability >= top_p
+    greedy: bool = False  # argmax instead of sampling
+    eos_token_id: int | None = None  # a row stops after producing it
+    pad_token_id: int | None = None  # fills finished rows (default: eos_token_id)
+    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): seen logits / p (or * p if < 0)
+    min_new_tokens: int = 0  # EOS is suppressed (and stop ignored) before this many tokens
+    stop: tuple[tuple[int, ...], ...] = ()  # a row stops after producing one of these id runs
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "min_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) must be <= max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+        if not self.greedy and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or greedy=True), got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if any(len(s) == 0 for s in self.stop):
+            raise ValueError("stop sequences must each hold at least one token id")
+        if self.stop and self.fill is None:
+            raise ValueError(
+                "stop sequences need pad_token_id or eos_token_id to fill finished rows"
+            )
+
+    @property
+    def fill(self) -> int | None:
+        return self.eos_token_id if self.pad_token_id is None else self.pad_token_id
+
+    def check_ids(self, vocab: int) -> None:
+        """Token ids of the settings must be valid outputs of a model with ``vocab`` logits."""
+        named = [("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)]
+        named += [(f"stop[{i}]", t) for i, s in enumerate(self.stop) for t in s]
+        for name, value in named:
+            if value is not None and not (isinstance(value, int) and 0 <= value < vocab):
+                raise ValueError(f"{name} must be a token id in [0, {vocab}), got {value!r}")
+
+
+def check_mask(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Lengths (b,) of a left-padded batch; every row must hold at least one real token.
+
+    Raises:
+        ValueError: an empty prompt, a mask of another shape, values other than 0/1, or
+            padding anywhere but on the left.
+    """
+    b, l = input_ids.shape
+    if l == 0:
+        raise ValueError("input_ids is empty (length 0); give at least one prompt token")
+    if attention_mask is None:
+        return torch.full((b,), l, dtype=torch.long, device=input_ids.device)
+    check_tensor("attention_mask", attention_mask)
+    if tuple(attention_mask.shape) != (b, l):
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {(b, l)}, got "
+            f"{tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.to(input_ids.device)
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (real tokens)")
+    mask = mask.long()
+    lengths = mask.sum(1)  # (b,)
+    if bool((lengths == 0).any()):
+        rows = torch.nonzero(lengths == 0).flatten().tolist()
+        raise ValueError(f"empty prompt: rows {rows} of attention_mask have no real token")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise ValueError(
+            "attention_mask must be left-padded (0s, then 1s in every row), as in transformers; "
+            "found a 0 after a 1"
+        )
+    return lengths
+
+
+def right_align(input_ids: Tensor, lengths: Tensor) -> Tensor:
+    """A left-padded batch (b, l) moved to the front of each row (right padding)."""
+    l = input_ids.shape[1]
+    idx = (torch.arange(l, device=input_ids.device) + (l - lengths)[:, None]).clamp(max=l - 1)
+    return input_ids.gather(1, idx)  # (b, l); steps >= lengths hold a copy of the last token
+
+
+def read_prompt(
+    model: Decoder, input_ids: Tensor, attention_mask: Tensor | None, prefix: PromptState | None
+) -> PromptState:
+    """Read a (left-padded) prompt in one forward, optionally after a saved prefix."""
+    lengths = check_mask(input_ids, attention_mask)
+    b = input_ids.shape[0]
+    if prefix is not None:
+        prefix = prefix.expand(b)
+    ragged = attention_mask is not None and bool((lengths < input_ids.shape[1]).any())
+    ids = right_align(input_ids, lengths) if ragged else input_ids
+    logits, state = model(
+        ids, state=None if prefix is None else prefix.state,
+        lengths=lengths if ragged else None, return_state=True,
+    )  # fmt: skip
+    last = logits[torch.arange(b, device=logits.device), lengths - 1]  # (b, v)
+    seen = torch.zeros_like(last, dtype=torch.bool) if prefix is None else prefix.seen
+    real = torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]  # (b, l)
+    return PromptState(state, last, mark_seen(seen, ids, real))
+
+
+def mark_seen(seen: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
+    """``seen`` (b, v) with the ``valid`` entries of ``ids`` (b, l) marked (ids >= v skipped)."""
+    v = seen.shape[-1]
+    valid = valid & (ids < v)
+    hits = torch.zeros(seen.shape, device=seen.device).scatter_add_(
+        1, torch.where(valid, ids, 0), valid.float()
+    )  # (b, v)
+    return seen | (hits > 0)
+
+
+def process_logits(logits: Tensor, seen: Tensor, n_new: int, s: Sampling) -> Tensor:
+    """Scores (b, v) after repetition penalty and EOS suppression (before ``min_new_tokens``)."""
+    scores = logits.float()
+    if s.repetition_penalty != 1.0:
+        p = s.repetition_penalty
+        scores = torch.where(seen, torch.where(scores > 0, scores / p, scores * p), scores)
+    if s.eos_token_id is not None and n_new < s.min_new_tokens:
+        scores = scores.clone()
+        scores[:, s.eos_token_id] = float("-inf")
+    return scores
+
+
+def decode_tokens(
+    model: Decoder,
+    start: PromptState,
+    s: Sampling,
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """Yield the next tokens (b,) of every row, one step at a time, from ``start``.
+
+    Rows that finished (EOS or a stop sequence) yield ``s.fill``; the iteration ends when all
+    rows have finished or after ``s.max_new_tokens`` steps.
+    """
+    last, state, seen = start.logits, start.state, start.seen
+    b = last.shape[0]
+    done = torch.zeros(b, dtype=torch.bool, device=last.device)
+    history: list[Tensor] = []
+    longest = max((len(q) for q in s.stop), default=0)
+    stops = [torch.tensor(q, device=last.device) for q in s.stop]
+    for i in range(s.max_new_tokens):
+        scores = process_logits(last, seen, i, s)
+        token = sample(scores, s.greedy, s.temperature, s.top_k, s.top_p, generator)
+        if s.fill is not None:
+            token = torch.where(done, torch.full_like(token, s.fill), token)
+        history = [*history, token][-longest:] if longest else history
+        finished = torch.zeros_like(done)
+        if s.eos_token_id is not None:
+            finished |= token == s.eos_token_id
+        if stops and i + 1 >= s.min_new_tokens:
+            tail = torch.stack(history, 1)  # (b, <= longest)
+            for q in stops:
+                if tail.shape[1] >= len(q):
+                    finished |= (tail[:, -len(q) :] == q).all(1)
+        done = done | finished
+        yield token
+        if bool(done.all()) or i + 1 == s.max_new_tokens:
+            return
+        seen = mark_seen(seen, token[:, None], torch.ones_like(token[:, None], dtype=torch.bool))
         last, state = model.step(token, state)
-    return torch.cat(out, dim=1)
 
 
 def sample(
@@ -94,19 +270,45 @@ def sample(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class GenerationMixin:
-    """``generate()`` for a module that has ``forward(ids, return_state=True)`` and ``step``.
+def _map(fn: Callable[[Tensor], Tensor], state: object) -> object:
+    """``fn`` applied to every tensor of a nested state (lists, tuples, named tuples)."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    parts = [_map(fn, s) for s in state]
+    return type(state)(*parts) if hasattr(state, "_fields") else type(state)(parts)
 
-    The class checks the prompt in ``check_prompt(ids)`` (token range, head type).
+
+def _stop_tuple(stop: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+    if isinstance(stop, Tensor) or not all(isinstance(q, (list, tuple)) for q in stop):
+        raise ValueError(f"stop must be a list of token-id lists, e.g. [[5, 6], [9]], got {stop!r}")
+    return tuple(tuple(q) for q in stop)
+
+
+class GenerationMixin:
+    """``generate()``, ``stream()`` and ``prefill()`` for a module with ``forward`` + ``step``.
+
+    The class checks token ids in ``check_prompt(ids)`` (token range, head type).
     """
 
     def check_prompt(self, input_ids: Tensor) -> None:
         raise NotImplementedError
 
     @torch.no_grad()
-    def generate(
+    def prefill(
         self,
         input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        prefix: PromptState | None = None,
+    ) -> PromptState:
+        """Read a prompt (b, l), left-padded with ``attention_mask``, after an optional
+        ``prefix``; the result continues any number of times (``generate(..., prefix=...)``)."""
+        self.check_prompt(input_ids)
+        return read_prompt(self, input_ids, attention_mask, prefix)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        input_ids: Tensor | None,
         max_new_tokens: int,
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -114,13 +316,87 @@ class GenerationMixin:
         eos_token_id: int | None = None,
         greedy: bool = False,
         generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` (b, l): the prompt is read in one forward (chunked prefill),
-        then tokens are decoded one step at a time through every layer's step mode, with a
-        state of constant size. Sequences that produced ``eos_token_id`` are padded with it.
-        Returns (b, l + generated)."""
-        self.check_prompt(input_ids)
-        return decode(
-            self, input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
-            generator,
+        *,
+        attention_mask: Tensor | None = None,
+        repetition_penalty: float = 1.0,
+        min_new_tokens: int = 0,
+        stop: Sequence[Sequence[int]] = (),
+        pad_token_id: int | None = None,
+        prefix: PromptState | None = None,
+    ) -> Iterator[Tensor]:
+        """Yield the new tokens (b,) one step at a time, as they are decoded (the arguments
+        of :meth:`generate`)."""
+        s = Sampling(
+            max_new_tokens, temperature, top_k, top_p, greedy, eos_token_id, pad_token_id,
+            repetition_penalty, min_new_tokens, _stop_tuple(stop),
         )  # fmt: skip
+        if input_ids is None:
+            if prefix is None:
+                raise ValueError("give input_ids, a prefix (from prefill), or both")
+            if attention_mask is not None:
+                raise ValueError("attention_mask needs input_ids")
+            start = prefix
+        else:
+            self.check_prompt(input_ids)
+            start = read_prompt(self, input_ids, attention_mask, prefix)
+        s.check_ids(start.logits.shape[-1])
+        yield from decode_tokens(self, start, s, generator)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor | None,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+        *,
+        attention_mask: Tensor | None = None,
+        repetition_penalty: float = 1.0,
+        min_new_tokens: int = 0,
+        stop: Sequence[Sequence[int]] = (),
+        pad_token_id: int | None = None,
+        prefix: PromptState | None = None,
+        streamer: Callable[[Tensor], None] | None = None,
+    ) -> Tensor:
+        """Continue ``input_ids`` (b, l) by up to ``max_new_tokens`` tokens.
+
+        The prompt is read in one forward (chunked prefill), then tokens are decoded one step
+        at a time through every layer's step mode, with a state of constant size.
+
+        Args:
+            input_ids: (b, l) prompts, left-padded when ``attention_mask`` is given; None to
+                continue a ``prefix`` directly.
+            max_new_tokens: most tokens to add.
+            temperature, top_k, top_p, greedy: how tokens are chosen (per row;
+                ``generator`` seeds the sampling).
+            eos_token_id: a row stops after it; finished rows are filled with
+                ``pad_token_id`` (default ``eos_token_id``).
+            attention_mask: (b, l), 1 on real tokens and 0 on the left padding.
+            repetition_penalty: > 1 discourages tokens already in the prompt or output.
+            min_new_tokens: EOS is suppressed and stop sequences ignored before this many.
+            stop: token-id sequences; a row stops once its new tokens end with one.
+            prefix: a :class:`PromptState` from :meth:`prefill` to continue (batch 1 or b).
+            streamer: called with each step's tokens (b,) as soon as they are decoded.
+
+        Returns:
+            (b, l + n): ``input_ids`` followed by the n <= max_new_tokens new tokens (only
+            the new tokens when ``input_ids`` is None).
+        """
+        tokens = []
+        for token in self.stream(
+            input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
+            generator, attention_mask=attention_mask, repetition_penalty=repetition_penalty,
+            min_new_tokens=min_new_tokens, stop=stop, pad_token_id=pad_token_id, prefix=prefix,
+        ):  # fmt: skip
+            if streamer is not None:
+                streamer(token)
+            tokens.append(token.unsqueeze(1))
+        if input_ids is None:
+            b = prefix.batch
+            device = prefix.logits.device
+            input_ids = torch.zeros(b, 0, dtype=torch.long, device=device)
+        return torch.cat([input_ids, *tokens], dim=1)

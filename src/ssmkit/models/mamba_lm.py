@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -137,6 +138,15 @@ class MambaLM(GenerationMixin, nn.Module):
 
     def check_prompt(self, input_ids: Tensor) -> None:
         self._check_ids(input_ids, 2)
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write a transformers checkpoint directory (``config.json`` + ``model.safetensors``)
+        that ``transformers.MambaForCausalLM`` (version 1) or ``Mamba2ForCausalLM`` (version
+        2) ``.from_pretrained`` and :func:`ssmkit.models.load_pretrained` read with the same
+        logits. Returns the directory."""
+        from ssmkit.models.pretrained import save_pretrained  # it imports this module
+
+        return save_pretrained(self, path)
 
     def _check_ids(self, ids: Tensor, ndim: int) -> None:
         check_tensor("input_ids", ids)

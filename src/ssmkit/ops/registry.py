@@ -3,7 +3,9 @@
 Every operator registers a ``"ref"`` backend (the pure-PyTorch definition) and any number of
 fast ones. ``backend="auto"`` picks the available backend with the highest priority for the
 input's device; ``backend="ref"`` or any registered name forces that implementation. Unknown
-names are errors that list the valid ones.
+names are errors that list the valid ones. A backend may also run on ``explicit_devices`` only
+when named (Triton kernels on CPU tensors under Triton's interpreter: a test vehicle, never a
+choice of ``"auto"``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Backend:
     priority: int  # "auto" picks the highest available priority
     description: str = ""
     is_available: Callable[[], bool] = field(default=lambda: True)
+    explicit_devices: frozenset[str] = frozenset()  # reached only by name there, never "auto"
+    needs: str = ""  # what is_available() requires, named in the error when it is False
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
@@ -40,6 +44,8 @@ def register(
     priority: int = 0,
     description: str = "",
     is_available: Callable[[], bool] | None = None,
+    explicit_devices: tuple[str, ...] = (),
+    needs: str = "",
 ) -> Backend:
     """Register ``fn`` as backend ``name`` of operator ``op``; re-registering a name is an error."""
     table = _REGISTRY.setdefault(op, {})
@@ -55,6 +61,8 @@ def register(
         priority=priority,
         description=description,
         is_available=is_available or (lambda: True),
+        explicit_devices=frozenset(explicit_devices),
+        needs=needs,
     )
     table[name] = backend
     return backend
@@ -89,10 +97,12 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Backend:
             raise ValueError(f"no backend of {op!r} runs on device {dev!r}")
         return usable[0]
     chosen = table[backend]
-    if dev not in chosen.devices or not chosen.is_available():
+    runs_here = dev in chosen.devices or dev in chosen.explicit_devices
+    if not runs_here or not chosen.is_available():
         usable = [b.name for b in backends(op, dev)]
+        why = f" (it needs {chosen.needs})" if runs_here and chosen.needs else ""
         raise ValueError(
-            f"backend {backend!r} of {op!r} is not available on device {dev!r}; "
+            f"backend {backend!r} of {op!r} is not available on device {dev!r}{why}; "
             f"available there: {usable}"
         )
     return chosen

@@ -16,8 +16,12 @@ c / phi*(1) (present with ``trend="c"``, which needs d = D = 0) is known given t
 statsmodels keeps other (unimodular) combinations of the lagged y in its state, which gives
 the same exact diffuse likelihood.
 
-Parameters, named and ordered as in SARIMAX: intercept, ar.L1.., ma.L1.., ar.S.L{s}..,
-ma.S.L{s}.., sigma2. AR polynomials are kept stationary and MA polynomials invertible by
+Exogenous regressors (SARIMAX's ``exog`` with its default ``mle_regression=True``): y_t =
+beta^T x_t + z_t with z_t the SARIMA process above; the state tracks z, and beta^T x_t enters the
+observation as D u_t with D = beta^T and u_t = x_t (so fits pass ``u=exog``).
+
+Parameters, named and ordered as in SARIMAX: intercept, the exog coefficients (x1.. or the
+given names), ar.L1.., ma.L1.., ar.S.L{s}.., ma.S.L{s}.., sigma2. AR polynomials are kept stationary and MA polynomials invertible by
 partial autocorrelations x / sqrt(1 + x^2) mapped by :func:`.spec.pacf_to_ar` (as SARIMAX's
 ``enforce_stationarity`` and ``enforce_invertibility``; Monahan 1984).
 """
@@ -73,6 +77,7 @@ def sarima_model(
     D: int = 0,
     intercept: Tensor | None = None,
     check: bool = True,
+    beta: Tensor | None = None,
 ) -> LinearGaussianSSM:
     """The state space form of one SARIMA model (see the module docstring).
 
@@ -83,6 +88,8 @@ def sarima_model(
         intercept: () the constant c of the ARMA equation (needs d = D = 0), or None.
         check: test stationarity (the fitting transform guarantees it; its line search
             may reach a root at 1 up to rounding, which only makes the likelihood low).
+        beta: (k,) coefficients of exogenous regressors (the model then has D = beta^T and
+            takes u = exog (b, l, k)), or None.
 
     Raises:
         ValueError: the AR polynomial is not stationary, or an intercept with differencing.
@@ -130,7 +137,37 @@ def sarima_model(
     if k:
         Pd = torch.diag(torch.cat([torch.ones(k, dtype=dtype), torch.zeros(r + c, dtype=dtype)]))
     R_obs = torch.zeros(1, 1, dtype=dtype)
-    return LinearGaussianSSM(F=F, H=H, Q=Q, R=R_obs, m0=m0, P0=P0, P0_diffuse=Pd)
+    D_obs = None if beta is None else beta.to(dtype).reshape(1, -1)  # (1, k)
+    return LinearGaussianSSM(F=F, H=H, Q=Q, R=R_obs, m0=m0, P0=P0, D=D_obs, P0_diffuse=Pd)
+
+
+def _difference(x: Tensor, delta: Tensor) -> Tensor:
+    """(1 - L)^d (1 - L^s)^D applied along time: x (b, l, j) -> (b, l - k, j)."""
+    k = delta.shape[0]
+    if not k:
+        return x
+    lagged = torch.stack([x[:, k - j : x.shape[1] - j] for j in range(1, k + 1)], -1)
+    return x[:, k:] - lagged @ delta.to(x.dtype)
+
+
+def _check_exog(exog: Tensor, y: Tensor, names: tuple[str, ...] | None) -> tuple[str, ...]:
+    check_tensor("exog", exog)
+    if exog.ndim != 3 or exog.shape[:2] != y.shape[:2] or exog.shape[2] == 0:
+        raise ValueError(
+            f"exog must have shape (b, l, k) = ({y.shape[0]}, {y.shape[1]}, k >= 1) like y, "
+            f"got {tuple(exog.shape)}"
+        )
+    if not bool(torch.isfinite(exog).all()):
+        b, t, j = (int(i) for i in torch.nonzero(~torch.isfinite(exog))[0])
+        raise ValueError(
+            f"exog must be finite (regressors cannot be missing); exog[{b}, {t}, {j}] = "
+            f"{float(exog[b, t, j])}"
+        )
+    k = exog.shape[2]
+    names = tuple(f"x{i}" for i in range(1, k + 1)) if names is None else tuple(names)
+    if len(names) != k:
+        raise ValueError(f"exog_names must name the {k} exog column(s), got {len(names)}")
+    return names
 
 
 def sarima_spec(
@@ -138,15 +175,21 @@ def sarima_spec(
     order: tuple[int, int, int],
     seasonal_order: tuple[int, int, int, int] = (0, 0, 0, 0),
     trend: str = "n",
+    exog: Tensor | None = None,
+    exog_names: tuple[str, ...] | None = None,
 ) -> ParametricModel:
     """The SARIMA family with free coefficients and variance, for :func:`.fit.fit_mle`.
 
     Args:
         y: (b, l, 1) data (starting values only: sigma2 from the variance of the differenced
-            series, the intercept from its mean).
+            series, the intercept from its mean, the exog coefficients by least squares on the
+            differenced series).
         order: (p, d, q).
         seasonal_order: (P, D, Q, s); s >= 2 when P, D or Q > 0.
         trend: "n" (none) or "c" (a constant; only without differencing).
+        exog: (b, l, k) exogenous regressors (no missing values), or None. Pass the same
+            tensor as ``u`` to :func:`.fit.fit_mle`.
+        exog_names: names of the k regressors (default x1, x2, ... as SARIMAX on arrays).
 
     Returns:
         A :class:`ParametricModel` named as statsmodels' SARIMAX parameters. Fit it with
@@ -168,38 +211,51 @@ def sarima_spec(
         raise ValueError(f"a seasonal part (P, D, Q) = {(P, D, Q)} needs a period s >= 2, got {s}")
     if trend == "c" and (d or D):
         raise ValueError(f"trend='c' needs d = D = 0 (no differencing), got d = {d}, D = {D}")
-    c = int(trend == "c")
-    names = ["intercept"] * c + [f"ar.L{i}" for i in range(1, p + 1)]
+    if exog is None and exog_names is not None:
+        raise ValueError("exog_names was given without exog")
+    xnames = () if exog is None else _check_exog(exog, y, exog_names)
+    c, kx = int(trend == "c"), len(xnames)
+    names = ["intercept"] * c + list(xnames) + [f"ar.L{i}" for i in range(1, p + 1)]
     names += [f"ma.L{i}" for i in range(1, q + 1)]
     names += [f"ar.S.L{s * i}" for i in range(1, P + 1)]
     names += [f"ma.S.L{s * i}" for i in range(1, Q + 1)]
     names.append("sigma2")
-    sizes = [c, p, q, P, Q, 1]
+    sizes = [c, kx, p, q, P, Q, 1]
 
-    w = y[..., 0]
     delta = differencing(d, D, max(s, 1)).to(y.dtype)
-    k = delta.shape[0]
-    if k:
-        lagged = torch.stack([w[:, k - j : w.shape[1] - j] for j in range(1, k + 1)], -1)
-        w = w[:, k:] - lagged @ delta  # (b, l - k) the differenced series
+    w = _difference(y, delta)[..., 0]  # (b, l - k) the differenced series
     if w.shape[1] < 2:
         raise ValueError(
             f"y is too short for d = {d}, D = {D}, s = {s}: {y.shape[1]} time steps leave "
             f"{w.shape[1]} differenced value(s)"
         )
     # the intercept is optimised in units of the data's spread, so that one step of the
-    # optimiser moves it about as far as the other parameters
+    # optimiser moves it about as far as the other parameters; each exog coefficient in
+    # units of spread(w) / spread(its differenced regressor)
     scale = float(torch.nan_to_num(w.flatten()[~torch.isnan(w.flatten())].std(), nan=1.0))
     scale = scale if scale > 0 else 1.0
+    beta0 = torch.zeros(kx, dtype=y.dtype)
+    beta_scale = torch.ones(kx, dtype=y.dtype)
+    if kx:
+        xd = _difference(exog.to(y.dtype), delta)  # (b, l - k, kx)
+        beta_scale = scale / xd.flatten(0, 1).std(0).nan_to_num(1.0).clamp_min(1e-12)
+        ok = ~torch.isnan(w.flatten())
+        X = xd.flatten(0, 1)[ok]
+        if c:
+            X = torch.cat([torch.ones(X.shape[0], 1, dtype=y.dtype), X], 1)
+        coef = torch.linalg.lstsq(X, w.flatten()[ok].unsqueeze(-1)).solution[:, 0]
+        beta0 = coef[c:]
+        w = w - xd @ beta0  # the starting values below come from the regression residuals
 
     def pacf(x: Tensor) -> Tensor:  # R -> (-1, 1) as x / sqrt(1 + x^2): no rounding to 1
         return x / torch.sqrt(1 + x * x)
 
     def natural(theta: Tensor) -> Tensor:
-        cst, a, m, sa, sm, v = torch.split(theta, sizes)
+        cst, bx, a, m, sa, sm, v = torch.split(theta, sizes)
         return torch.cat(
             [
                 scale * cst,
+                beta_scale.to(theta.dtype) * bx,
                 pacf_to_ar(pacf(a)),
                 -pacf_to_ar(pacf(m)),
                 pacf_to_ar(pacf(sa)),
@@ -209,15 +265,16 @@ def sarima_spec(
         )
 
     def build(theta: Tensor) -> LinearGaussianSSM:
-        cst, a, m, sa, sm, v = torch.split(natural(theta), sizes)
+        cst, bx, a, m, sa, sm, v = torch.split(natural(theta), sizes)
         icpt = cst[0] if c else None
-        return sarima_model(a, m, sa, sm, v[0], s, d, D, icpt, check=False)
+        return sarima_model(a, m, sa, sm, v[0], s, d, D, icpt, check=False, beta=bx if kx else None)
 
     def start(w: Tensor) -> Tensor:  # (b, l') -> (b, k)
         mean = torch.nanmean(w, 1, keepdim=True).nan_to_num(0.0)
         var = torch.nanmean((w - mean) ** 2, 1, keepdim=True).nan_to_num(1.0).clamp_min(1e-8)
         zeros = torch.zeros(w.shape[0], p + q + P + Q, dtype=w.dtype)
-        return torch.cat([mean[:, :c] / scale, zeros, var.log()], 1)
+        bx = (beta0 / beta_scale).expand(w.shape[0], kx)
+        return torch.cat([mean[:, :c] / scale, bx, zeros, var.log()], 1)
 
     theta0 = start(w.reshape(1, -1))[0]
     return ParametricModel(build, natural, tuple(names), theta0, None, start(w), s)

@@ -20,6 +20,7 @@ from ssmkit.core.config import base_type, field_types, parse_field
 from ssmkit.models.sequence import ModelConfig
 
 SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("fp32", "bf16")
 DEVICE_TYPES = ("cpu", "cuda")
 
 
@@ -70,6 +71,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu, cuda or cuda:K
     threads: int = 0  # torch CPU threads (0: torch's default)
     init_from: str | None = None  # start from these weights: a run directory (its best) or file
+    precision: str = "fp32"  # training forward: fp32, or bf16 autocast (SSM params/state fp32)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "eval_batch_size"):
@@ -85,6 +87,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         parse_device(self.device, "device")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,13 @@ def load_init(path: Path, model: torch.nn.Module) -> None:
         raise ValueError(f"init_from={str(path)!r} is neither a weight file nor a run directory")
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The training forward's precision: ``bf16`` runs it under ``torch.autocast`` (matrix
+    products in bfloat16; the layers keep their SSM parameters and scan state in float32 and
+    the weights, gradients and optimiser stay float32); ``fp32`` disables autocast."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to 0 (or constant)."""
     if step < cfg.warmup_steps:
@@ -324,7 +331,10 @@ def train(
                 x, y, lengths = get_batch(task.train, idx, kind, device)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * lr_factor(state["step"], total, cfg)
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                with (
+                    torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+                    autocast(device, cfg.precision),
+                ):
                     torch.manual_seed(_seed(cfg.seed, state["step"], dist.rank))
                     sums = batch_sums(kind, net(x, lengths=lengths), y, lengths)
                 count = distributed.all_sum(sums["count"].detach(), dist)

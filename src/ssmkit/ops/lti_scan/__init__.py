@@ -3,8 +3,10 @@ y_t = s Re(C x_t), with registered backends.
 
 Backends: ``ref`` (inject, the diagonal :func:`~ssmkit.ops.scan` keeping every state,
 readout: :mod:`.ref`) and ``numba`` (fused CPU kernels that keep no (b, l, h, n) history,
-when numba is installed: :mod:`.cpu_numba`). The public function validates once, for every
-backend.
+when numba is installed: :mod:`.cpu_numba`) and ``triton`` (the same fusion as GPU kernels,
+when triton is installed: :mod:`.triton_backend`; preferred by ``"auto"`` on CUDA, and on CPU
+tensors reached only by name under ``TRITON_INTERPRET=1``, for tests). The public function
+validates once, for every backend.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from ssmkit.core.checks import check_finite, check_tensor
-from ssmkit.ops import registry
-from ssmkit.ops.lti_scan import cpu_numba
+from ssmkit.ops import registry, triton_support
+from ssmkit.ops.lti_scan import cpu_numba, triton_backend
 from ssmkit.ops.lti_scan.ref import inject, lti_scan_ref, readout
 
 Tensor = torch.Tensor
@@ -31,6 +33,17 @@ registry.register(
     priority=20,
     description="fused CPU kernels (numba), recomputing backward",
     is_available=cpu_numba.available,
+)
+registry.register(
+    "lti_scan",
+    "triton",
+    triton_backend.lti_scan_triton,
+    devices=("cuda",),
+    priority=30,
+    description="fused GPU kernels (Triton), recomputing backward",
+    is_available=triton_backend.available,
+    explicit_devices=("cpu",),  # under Triton's interpreter, for tests
+    needs=triton_support.NEEDS,
 )
 
 
@@ -59,7 +72,7 @@ def lti_scan(
         conj: every stored mode stands for a conjugate pair: y = 2 Re(C x), else Re(C x).
         lengths: (b,) valid steps of a right-padded batch; the returned state is the one after
             each item's last valid step (y is computed at every step).
-        backend: "auto", "ref", "numba" (see ``ssmkit.ops.registry``).
+        backend: "auto", "ref", "numba", "triton" (see ``ssmkit.ops.registry``).
 
     Returns:
         y: (b, l, h) in u's dtype, and the final state (b, *s).

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ssmkit.ops.lti_scan.ref import lti_scan_ref
+from ssmkit.ops.selective_scan.cpu_numba import compiling_note
 
 try:
     import numba
@@ -213,6 +214,17 @@ def _threads(b: int, L: int, h: int, n: int) -> Iterator[None]:
             torch.set_num_threads(torch_threads)
 
 
+def _call(kernel, *args) -> None:
+    """``kernel(*args)``; a first call for the dtype of ``args[0]`` may compile (tens of
+    seconds) and is noted on stderr while it does."""
+    want = numba.from_dtype(args[0].dtype)
+    if any(sig[0].dtype == want for sig in kernel.signatures):
+        kernel(*args)
+    else:
+        with compiling_note():
+            kernel(*args)
+
+
 class NumbaLTIScan(torch.autograd.Function):
     """``apply(u, A_bar, B_bar, C, x0, last, scale) -> (y, x_last)``, SISO (first derivatives)."""
 
@@ -226,7 +238,7 @@ class NumbaLTIScan(torch.autograd.Function):
         xlast = np.empty((b, 2, n, h), dtype=y.dtype)
         ckpt = np.empty((b, -(-L // CHUNK), 2, n, h), dtype=y.dtype)
         with _threads(b, L, h, n):
-            _fwd(_np(u), _np(P), _np(_parts(x0, dtype)), _np(last), y, xlast, ckpt, CHUNK)
+            _call(_fwd, _np(u), _np(P), _np(_parts(x0, dtype)), _np(last), y, xlast, ckpt, CHUNK)
         ctx.save_for_backward(u, P, last, torch.from_numpy(ckpt), A_bar, B_bar, C, x0)
         ctx.scale = scale
         return torch.from_numpy(y), _join(torch.from_numpy(xlast), x0)
@@ -244,7 +256,7 @@ class NumbaLTIScan(torch.autograd.Function):
         dP = np.empty((b, 6, n, h), dtype)
         dx0 = np.empty((b, 2, n, h), dtype)
         with _threads(b, L, h, n):
-            _bwd(_np(u), _np(P), _np(last), _np(ckpt), dy, dx, du, dP, dx0, CHUNK)
+            _call(_bwd, _np(u), _np(P), _np(last), _np(ckpt), dy, dx, du, dP, dx0, CHUNK)
         dP = torch.from_numpy(dP).sum(0)  # (6, n, h), over the batch in a fixed order
         grads = (
             torch.from_numpy(du),

@@ -1,7 +1,9 @@
 """The selective scan of Mamba (S6) with registered backends.
 
 Backends: ``ref`` (the loop, :mod:`.ref`), ``chunked`` (pure PyTorch, chunk by chunk with
-recomputation), ``numba`` (fused CPU kernels, when numba is installed: extra ``fast``).
+recomputation), ``numba`` (fused CPU kernels, when numba is installed: extra ``fast``),
+``triton`` (fused GPU kernels, when triton is installed: extra ``gpu``; preferred by ``"auto"``
+on CUDA, and on CPU tensors reached only by name under ``TRITON_INTERPRET=1``, for tests).
 ``"auto"`` runs ``ref`` (small problems) or ``chunked`` until the numba kernels for the dtype
 are compiled, which it starts in a background thread on its first call
 (:func:`cpu_numba.warm_up`; call it with ``wait=True`` to have them before timing anything).
@@ -13,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from ssmkit.core.checks import check_bool_mask, check_finite, check_tensor
-from ssmkit.ops import registry
-from ssmkit.ops.selective_scan import cpu_numba
+from ssmkit.ops import registry, triton_support
+from ssmkit.ops.selective_scan import cpu_numba, triton_backend
 from ssmkit.ops.selective_scan.chunked import selective_scan_chunked
 from ssmkit.ops.selective_scan.ref import delta_of, finish, selective_scan_ref
 
@@ -45,6 +47,17 @@ registry.register(
     description="fused CPU kernels (numba), recomputing backward",
     is_available=cpu_numba.available,
 )
+registry.register(
+    "selective_scan",
+    "triton",
+    triton_backend.selective_scan_triton,
+    devices=("cuda",),
+    priority=30,
+    description="fused GPU kernels (Triton), recomputing backward",
+    is_available=triton_backend.available,
+    explicit_devices=("cpu",),  # under Triton's interpreter, for tests
+    needs=triton_support.NEEDS,
+)
 
 
 def selective_scan(
@@ -72,7 +85,7 @@ def selective_scan(
         dt_softplus: delta = softplus(dt + dt_bias) instead of dt + dt_bias.
         initial_state: (b, d, n) state before the first step; differentiable.
         return_final_state: also return the (b, d, n) state after the last step.
-        backend: "auto", "ref", "chunked", "numba" (see ``ssmkit.ops.registry``).
+        backend: "auto", "ref", "chunked", "numba", "triton" (see ``ssmkit.ops.registry``).
         reset: (b, l) bool, True where a packed sequence starts: the state is zeroed before
             that step (``initial_state`` applies until the first reset).
 

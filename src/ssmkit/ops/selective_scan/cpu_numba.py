@@ -18,9 +18,12 @@ same bit for bit on every run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -323,6 +326,33 @@ def ready(dtype: torch.dtype) -> bool:
     return all(any(sig[0].dtype == want for sig in k.signatures) for k in (_fwd, _bwd))
 
 
+NOTE_AFTER_S = 1.0  # a compile takes longer (and is noted); a load from the disk cache not
+_NOTED: list[bool] = []  # one note per process, however many kernels compile
+
+
+@contextlib.contextmanager
+def compiling_note() -> Iterator[None]:
+    """Around code that may compile numba kernels: if it runs longer than ``NOTE_AFTER_S``
+    (a compile, not a load from the disk cache), say so in one line on stderr, once per
+    process, while it runs."""
+    timer = threading.Timer(NOTE_AFTER_S, _note)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _note() -> None:
+    with _WARM_LOCK:
+        if _NOTED:
+            return
+        _NOTED.append(True)
+    print("ssmkit: compiling the CPU kernels, once (numba keeps them on disk for later runs)",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     """Compile (or load from the cache) the kernels for ``dtype`` by running a tiny problem;
     ``wait=False`` does it in a background thread and returns at once."""
@@ -331,11 +361,16 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     with _WARM_LOCK:
         thread = _WARMING.get(dtype)
         if thread is None:
-            thread = threading.Thread(target=_tiny_run, args=(dtype,), daemon=True)
+            thread = threading.Thread(target=_compile, args=(dtype,), daemon=True)
             _WARMING[dtype] = thread
             thread.start()
     if wait:
         thread.join()
+
+
+def _compile(dtype: torch.dtype) -> None:
+    with compiling_note():
+        _tiny_run(dtype)
 
 
 def _tiny_run(dtype: torch.dtype) -> None:

@@ -1,8 +1,10 @@
 """Mamba-2's SSD operator (scalar A per head, grouped B/C) with registered backends.
 
-Backends: ``ref`` (the loop, :mod:`.ref`, differentiable any number of times) and ``chunked``
+Backends: ``ref`` (the loop, :mod:`.ref`, differentiable any number of times), ``chunked``
 (the SSD chunked algorithm with a hand-written backward, :mod:`.chunked`, differentiable once;
-"auto" picks it on every device). The public function applies dt_bias/softplus, D and the z
+"auto" picks it on CPU) and ``triton`` (:mod:`.triton_backend`, the chunked algorithm as Triton
+kernels; "auto" picks it on CUDA when triton is installed, on CPU only an explicit name reaches
+it, under TRITON_INTERPRET=1). The public function applies dt_bias/softplus, D and the z
 gate once.
 """
 
@@ -12,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.core.checks import check_bool_mask, check_finite, check_int, check_tensor
-from ssmkit.ops import registry
+from ssmkit.ops import registry, triton_support
 from ssmkit.ops.selective_scan.ref import delta_of
 from ssmkit.ops.ssd.chunked import ssd_chunked
 from ssmkit.ops.ssd.ref import ssd_ref
+from ssmkit.ops.ssd.triton_backend import ssd_triton
 
 Tensor = torch.Tensor
 
@@ -28,6 +31,17 @@ registry.register(
     ssd_chunked,
     priority=10,
     description="SSD chunked algorithm: batched matmuls, hand-written backward",
+)
+registry.register(
+    "ssd",
+    "triton",
+    ssd_triton,
+    devices=("cuda",),
+    explicit_devices=("cpu",),  # Triton's interpreter (TRITON_INTERPRET=1): tests only
+    priority=20,
+    description="SSD chunked algorithm as Triton kernels (tl.dot), forward and backward",
+    is_available=triton_support.available,
+    needs=triton_support.NEEDS,
 )
 
 
@@ -57,7 +71,7 @@ def ssd(
         dt_softplus: delta = softplus(dt + dt_bias).
         initial_state: (b, h, p, n); differentiable.
         return_final_state: also return the (b, h, p, n) final state.
-        backend: "auto", "ref" or "chunked".
+        backend: "auto", "ref", "chunked" or "triton".
         reset: (b, l) bool, True where a packed sequence starts (state zeroed before it).
 
     Returns:
@@ -73,7 +87,7 @@ def ssd(
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
     keep = None if keep is None else keep.to(x.dtype)
-    if impl.name == "chunked":
+    if impl.name in ("chunked", "triton"):
         y, last = impl.fn(*args, keep, chunk_size=chunk_size)
     else:
         y, last = impl.fn(*args, keep)

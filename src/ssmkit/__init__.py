@@ -4,6 +4,7 @@ The curated public API; everything else lives in the subpackages (``ssmkit.core`
 pure functions, ``ssmkit.ops`` for the sequence operators, ``ssmkit.layers`` for modules).
 """
 
+from ssmkit.core.checks import checks, set_checks
 from ssmkit.core.params import param_groups, ssm_parameter
 from ssmkit.layers import DSS, LRU, S4, S4D, S5, BlockConfig, LTILayer, SequenceLayer
 from ssmkit.layers.mamba import Mamba
@@ -23,9 +24,11 @@ __all__ = [
     "Mamba",
     "Mamba2",
     "SequenceLayer",
+    "checks",
     "param_groups",
     "scan",
     "selective_scan",
+    "set_checks",
     "ssd",
     "ssm_parameter",
 ]

@@ -1,12 +1,15 @@
 """Shape glossary: the one place that names the axes used in ssmkit's shape comments.
 
 Every public function documents its tensors with these letters, e.g. ``u: (b, l, h)``.
-Comments inside function bodies carry the shape of the value they describe: ``# (b, l, h, n)``.
+Comments inside function bodies carry the shape of the value they describe: ``# (b, l, h, n)``;
+einsum subscripts use the same letters (``"bgctn,bgcjn->bgctj"``).
+
+Axes with one meaning everywhere:
 
 =====  ==============================================================================
 axis   meaning
 =====  ==============================================================================
-b      batch: independent sequences
+b      batch: independent sequences (series, in :mod:`ssmkit.probabilistic`)
 l      length: time steps of a sequence (``L`` when it is a fixed kernel length)
 d      model channels (``d_model``) seen by a layer
 h      SSM channels: independent SISO systems, or Mamba-2 heads
@@ -15,31 +18,32 @@ n      state size (for conjugate-pair parameterisations: number of stored modes)
 g      groups of heads that share B and C (Mamba-2)
 c      chunks (chunked algorithms split ``l`` into ``c`` chunks of ``t`` steps)
 t      steps inside one chunk
-r      rank of the low-rank term of a DPLR matrix (S4: r = 1)
+j      a second time index, an earlier step than ``t`` (or ``l``) in a causal pair (j <= t)
 m      inputs of a MIMO system (columns of B)
+o      observation size (entries of y_t in a linear Gaussian SSM)
+z      latent size of a deep latent model (DMM, latent ODE / SDE)
+q      query times at which a continuous-time model is evaluated
+s      samples: draws of a simulation smoother, seeds of an ablation
+v      vocabulary size (logits)
+f      frequencies of a kernel evaluated in the frequency domain
+N      particles of a particle filter
 =====  ==============================================================================
 
-``*s`` stands for any trailing state shape, e.g. ``(h, n)``.
+Letters whose meaning depends on the module (each says which in its docstring or comment):
+
+=====  ==============================================================================
+axis   meaning
+=====  ==============================================================================
+r      rank of the low-rank term of a DPLR matrix (S4: r = 1); in the chunked SSD, heads
+       per group (h = g r); ``r p`` is the heads of a group side by side as columns
+k      a block or parameter count: a structural component's states, a fit's parameters
+a      the candidates still active in a batched fit
+B, T   flattened leading axes in kernel and token-dynamics code (systems, depth points)
+M      resampling draws in particle smoothing
+=====  ==============================================================================
+
+``*`` stands for any leading batch shape and ``*s`` for any trailing state shape, e.g. ``(h, n)``.
+
+This module holds the glossary only (no aliases): ``core`` and ``ops`` may not import it under
+the layering rule of ``tests/test_layering.py``, so the letters live in comments and einsums.
 """
-
-from __future__ import annotations
-
-import torch
-
-Tensor = torch.Tensor
-
-AXES: dict[str, str] = {
-    "b": "batch",
-    "l": "length",
-    "d": "model channels",
-    "h": "SSM channels / heads",
-    "p": "head dimension",
-    "n": "state size",
-    "g": "B/C groups",
-    "c": "chunks",
-    "t": "steps inside a chunk",
-    "r": "low-rank rank",
-    "m": "MIMO inputs",
-}
-
-__all__ = ["AXES", "Tensor"]

@@ -13,6 +13,7 @@ from statsmodels.tsa.statespace.initialization import Initialization
 from ssmkit.probabilistic.arima import sarima_model, sarima_spec
 from ssmkit.probabilistic.filters import log_likelihood
 from ssmkit.probabilistic.fit import fit_mle
+from tests.probabilistic.test_cli_io import run
 
 DT = torch.float64
 
@@ -68,6 +69,7 @@ def _theta_for(spec, params):
     return theta
 
 
+@pytest.mark.slow
 def test_fit_equals_sarimax_fit_arima_110_with_exog():
     y, x = _macro(120)
     model = _sarimax(y, x, (1, 1, 0))
@@ -75,7 +77,7 @@ def test_fit_equals_sarimax_fit_arima_110_with_exog():
     res = fit_mle(sarima_spec(yt, (1, 1, 0), exog=xt), yt, xt)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = model.fit(disp=False)
+        ref = model.fit(disp=False, cov_type="approx")  # Hessian SEs, as ours (default: OPG)
     assert res.names == tuple(model.param_names)
     assert res.loglik == pytest.approx(model.loglike(res.params.numpy()), rel=1e-10)
     assert res.loglik >= ref.llf - 1e-6 * abs(ref.llf)
@@ -112,3 +114,28 @@ def test_bad_exog():
         sarima_spec(yt, (1, 0, 0), exog_names=("a",))
     spec = sarima_spec(yt, (1, 0, 0), exog=xt, exog_names=("income", "time"))
     assert spec.names[:2] == ("income", "time")
+
+
+def test_cli_fit_with_exog(tmp_path, capsys):
+    y, x = _macro(40)
+    path = tmp_path / "macro.csv"
+    rows = ["t,cons,income,time"] + [
+        f"{i},{a},{b},{c}" for i, (a, (b, c)) in enumerate(zip(y, x, strict=True))
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    argv = [str(path), "--column", "cons", "--model", "arima", "--order", "1", "0", "0"]
+    argv += ["--trend", "c", "--out", str(tmp_path / "out")]
+    assert run(["fit", *argv, "--exog", "income,time"]) == 0
+    out = capsys.readouterr().out
+    assert "income" in out and "time" in out and "no forecast plot" in out
+    ref = _sarimax(y, x, (1, 0, 0), "c")
+    llf = float(out.split("Log Likelihood")[1].split()[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert llf == pytest.approx(ref.fit(disp=False).llf, abs=1e-3)  # printed to 3 decimals
+    assert run(["fit", *argv, "--exog", "income,cons"]) == 2
+    assert "both the series and a regressor" in capsys.readouterr().err
+    assert run(["forecast", *argv[:-2], "--exog", "income"]) == 2
+    assert "--exog applies to `ssmkit fit` only" in capsys.readouterr().err
+    assert run(["fit", str(path), "--column", "cons", "--exog", "income"]) == 2
+    assert "--exog needs --model arima" in capsys.readouterr().err

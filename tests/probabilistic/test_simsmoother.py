@@ -104,7 +104,7 @@ def test_bad_inputs():
     y = _data(model, 1, 7, seed=9)
     with pytest.raises(ValueError, match="draws"):
         simulation_smoother(model, y, 0)
-    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator, got int"):
         simulation_smoother(model, y, 2, generator=3)
     with pytest.raises(ValueError, match="y must have shape"):
         simulation_smoother(model, y[0], 2)

@@ -3,6 +3,7 @@
     ssmkit fit data.csv --model local-level [--column flow] [--out DIR]
     ssmkit fit --example nile --model local-linear-trend --seasonal 4 --ar 1
     ssmkit fit --example sunspots --model arima --order 2 0 0 --trend c
+    ssmkit fit data.csv --column sales --model arima --order 1 1 0 --exog price,promo
     ssmkit forecast --example nile --horizon 10 [--level 0.9] [--out DIR]
 
 ``fit`` estimates the variances (and AR coefficients) by maximum likelihood and prints a
@@ -18,6 +19,8 @@ prints and writes (``forecast.csv``) the mean and prediction interval of the nex
 ``--horizon`` values. ``fit --out DIR`` also saves its data source and model options as
 ``DIR/fit.json``; ``forecast --fit DIR`` fits that same model to that same data (instead of
 repeating the options), so a forecast follows the model fitted just before it.
+``--exog`` (ARIMA only, ``fit`` only) adds regressors from other columns of the CSV file, as
+statsmodels' ``SARIMAX(exog=...)``; a forecast would need their future values, so none is made.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def _load(args: argparse.Namespace):
 
 # What ``fit`` saves in fit.json and ``forecast --fit`` reads back: the data and the model.
 SAVED = ("csv", "example", "column", "model", "order", "seasonal_order", "trend", "seasonal",
-         "ar", "diffuse")  # fmt: skip
+         "ar", "diffuse", "exog")  # fmt: skip
 FIT_FILE = "fit.json"
 
 
@@ -88,6 +91,8 @@ def _use_saved_fit(args: argparse.Namespace, defaults: dict[str, object]) -> Non
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"--fit: {path} is not valid JSON: {e}") from None
+    if isinstance(saved, dict):  # written before --exog existed: a fit without regressors
+        saved.setdefault("exog", None)
     if not isinstance(saved, dict) or set(saved) != set(SAVED):
         raise ValueError(f"--fit: {path} must hold exactly the fields {list(SAVED)}")
     for k in SAVED:
@@ -120,7 +125,11 @@ def _fit(args: argparse.Namespace):
             "steps): a seasonal pattern needs at least one full period of data"
         )
     if args.model == "arima":
-        return series, y, fit_mle(_arima_spec(args, y), y, diffuse=args.diffuse)
+        exog, names = _exog(args)
+        spec = _arima_spec(args, y, exog, names)
+        return series, y, fit_mle(spec, y, exog, diffuse=args.diffuse)
+    if args.exog is not None:
+        raise ValueError("--exog needs --model arima")
     if args.order is not None or args.seasonal_order is not None or args.trend is not None:
         raise ValueError("--order, --seasonal-order and --trend need --model arima")
     spec = structural_spec(y, args.model, args.seasonal, args.ar)
@@ -132,7 +141,28 @@ def _fit(args: argparse.Namespace):
     return series, y, fit_mle(spec, y, diffuse=args.diffuse, burn=burn)
 
 
-def _arima_spec(args: argparse.Namespace, y):
+def _exog(args: argparse.Namespace):
+    """(1, l, k) regressors and their names from ``--exog A,B`` (None, None without it)."""
+    from ssmkit.probabilistic.io import read_csv
+
+    if args.exog is None:
+        return None, None
+    if args.command != "fit":
+        raise ValueError("--exog applies to `ssmkit fit` only: a forecast needs future regressors")
+    if args.csv is None:
+        raise ValueError("--exog names columns of a CSV file; it does not apply to --example")
+    names = [c.strip() for c in args.exog.split(",")]
+    if not all(names):
+        raise ValueError(f"--exog must be comma-separated column names, got {args.exog!r}")
+    if args.column and set(names) & set(args.column):
+        raise ValueError(f"--exog {args.exog}: a column cannot be both the series and a regressor")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # notes about the file were printed by _load
+        x = read_csv(args.csv, names).y  # (l, k)
+    return x.unsqueeze(0), tuple(names)
+
+
+def _arima_spec(args: argparse.Namespace, y, exog=None, names=None):
     from ssmkit.probabilistic.arima import sarima_spec
 
     if args.order is None:
@@ -140,7 +170,7 @@ def _arima_spec(args: argparse.Namespace, y):
     if args.seasonal or args.ar:
         raise ValueError("--seasonal and --ar apply to structural models; use --seasonal-order")
     seasonal_order = tuple(args.seasonal_order) if args.seasonal_order else (0, 0, 0, 0)
-    return sarima_spec(y, tuple(args.order), seasonal_order, args.trend or "n")
+    return sarima_spec(y, tuple(args.order), seasonal_order, args.trend or "n", exog, names)
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -202,6 +232,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             )
     print(f"smoothed states written to {path}")
     print(f"data and model options written to {_save_fit(args, out)} (for forecast --fit)")
+    if args.exog is not None:
+        print("no forecast plot: a forecast with --exog needs the regressors' future values")
+        try:
+            pyplot()
+        except ValueError as err:
+            print(f"no plots written: {err}")
+            return 0
+        print(
+            f"residual diagnostics plot written to {res.plot_diagnostics(out / 'diagnostics.png')}"
+        )
+        return 0
     fc = res.forecast(args.horizon, args.level)
     try:
         pyplot()
@@ -270,6 +311,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="seasonal ARIMA order and period",
     )
     p.add_argument("--trend", choices=["n", "c"], help="ARIMA constant: c (needs d = D = 0)")
+    p.add_argument("--exog", metavar="COLUMNS", help="ARIMA regressors: comma-separated columns")
     p.add_argument("--seasonal", type=int, default=0, help="add a seasonal of this period")
     p.add_argument("--ar", type=int, default=0, help="add an AR component of this order")
     p.add_argument(

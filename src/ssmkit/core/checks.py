@@ -2,15 +2,87 @@
 
 Each helper raises ``ValueError``/``TypeError`` whose message names the argument, what was
 expected and what was given, so a user never has to read a traceback to find the mistake.
+
+Shape and type checks always run. Value checks (NaN/inf, signs, ranges) read the tensor, which
+on an accelerator waits for the device (a host sync) and breaks ``torch.compile`` graphs, so
+they follow a mode, :func:`set_checks` or the :func:`checks` context manager:
+
+* ``"full"``: every value check runs (the default on CPU);
+* ``"cheap"``: only the checks at entry points where users hand data in (readers, trainer,
+  Kalman fit) run; the ``hot=True`` checks inside layer forwards and sequence operators are
+  skipped (the default on accelerators and while ``torch.compile`` traces);
+* ``"off"``: no value checks.
+
+Meta tensors hold no values, so value checks never run on them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
 Tensor = torch.Tensor
+
+CHECK_MODES = ("off", "cheap", "full")
+_mode: str | None = None  # None: "full" on CPU, "cheap" on accelerators and while compiling
+
+
+def set_checks(mode: str | None) -> None:
+    """Choose which value checks run: ``"off"``, ``"cheap"``, ``"full"`` or None (default).
+
+    Args:
+        mode: see the module docstring; None restores the default ("full" on CPU, "cheap" on
+            accelerators and while ``torch.compile`` traces).
+    """
+    global _mode
+    if mode is not None:
+        if not isinstance(mode, str):
+            raise TypeError(f"mode must be a str or None, got {type(mode).__name__}")
+        check_choice("checks mode", mode, CHECK_MODES)
+    _mode = mode
+
+
+def get_checks(device: torch.device | str = "cpu") -> str:
+    """The value-check mode in force for tensors on ``device`` (resolving the default)."""
+    if _mode is not None:
+        return _mode
+    if torch.device(device).type != "cpu" or torch.compiler.is_compiling():
+        return "cheap"
+    return "full"
+
+
+@contextmanager
+def checks(mode: str | None) -> Iterator[None]:
+    """Run a block under value-check ``mode`` (as :func:`set_checks`), then restore the old one.
+
+    Example: ``with ssmkit.checks("off"): y, _ = layer(x)``.
+    """
+    global _mode
+    previous = _mode
+    set_checks(mode)
+    try:
+        yield
+    finally:
+        _mode = previous
+
+
+def values_checked(x: Tensor, hot: bool = False) -> bool:
+    """Whether a value check on ``x`` runs now.
+
+    Args:
+        x: the tensor the check would read.
+        hot: the check sits on a hot path (a layer forward, a sequence operator), where the
+            "cheap" mode skips it; False for entry points where users hand data in.
+    """
+    if x.device.type == "meta":
+        return False
+    mode = _mode
+    if mode is None:
+        cheap = x.device.type != "cpu" or torch.compiler.is_compiling()
+        mode = "cheap" if cheap else "full"
+    return mode == "full" or (mode == "cheap" and not hot)
 
 
 def check_tensor(name: str, x: object) -> Tensor:
@@ -41,8 +113,16 @@ def check_shape(name: str, x: Tensor, expected: Sequence[int | None], shape_doc:
     return x
 
 
-def check_finite(name: str, x: Tensor) -> Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf."""
+def check_finite(name: str, x: Tensor, hot: bool = False) -> Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (a value check, see :func:`values_checked`).
+
+    Args:
+        name: the argument's name, for the message.
+        x: the tensor to check.
+        hot: True on hot paths (layer forwards, operators): skipped in the "cheap" mode.
+    """
+    if not values_checked(x, hot):
+        return x
     # A sum is finite only if every entry is (NaN and inf propagate); it reads x once and makes
     # no (b, l, d) temporary. Only a non-finite (or overflowed) sum takes the exact check.
     if (x.is_floating_point() or x.is_complex()) and bool(torch.isfinite(x.sum()).all()):
@@ -53,10 +133,15 @@ def check_finite(name: str, x: Tensor) -> Tensor:
     return x
 
 
-def check_positive(name: str, x: Tensor | float) -> Tensor | float:
-    """Raise ``ValueError`` unless every entry of ``x`` is finite and > 0."""
+def check_positive(name: str, x: Tensor | float, hot: bool = False) -> Tensor | float:
+    """Raise ``ValueError`` unless every entry of ``x`` is finite and > 0.
+
+    Numbers are always checked; tensors follow :func:`values_checked` (``hot`` as there).
+    """
     if isinstance(x, torch.Tensor):
-        check_finite(name, x)
+        if not values_checked(x, hot):
+            return x
+        check_finite(name, x, hot)
         if not bool((x > 0).all()):
             raise ValueError(f"{name} must be > 0 everywhere, got min {float(x.min()):.4g}")
     elif not (x > 0 and x == x and x != float("inf")):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.core.checks import check_choice, check_finite, check_tensor
+from ssmkit.core.checks import check_choice, check_finite, check_tensor, values_checked
 
 Tensor = torch.Tensor
 METHODS = ("zoh", "bilinear", "euler")
@@ -26,8 +26,8 @@ METHODS = ("zoh", "bilinear", "euler")
 
 def _check_dt(dt: Tensor) -> Tensor:
     check_tensor("dt", dt)
-    check_finite("dt", dt)
-    if dt.is_complex() or not bool((dt > 0).all()):
+    check_finite("dt", dt, hot=True)
+    if dt.is_complex() or (values_checked(dt, hot=True) and not bool((dt > 0).all())):
         raise ValueError(f"dt must be real and > 0 everywhere, got min {float(dt.real.min()):.4g}")
     return dt
 
@@ -45,8 +45,8 @@ def discretize_diag(A: Tensor, B: Tensor, dt: Tensor, method: str = "zoh") -> tu
         A_bar: (*, n) and B_bar: (*, n), broadcast over the leading axes of A, B and dt.
     """
     check_choice("method", method, METHODS)
-    check_finite("A", check_tensor("A", A))
-    check_finite("B", check_tensor("B", B))
+    check_finite("A", check_tensor("A", A), hot=True)
+    check_finite("B", check_tensor("B", B), hot=True)
     _check_dt(dt)
     dtA = dt.unsqueeze(-1) * A  # (*, n)
     if method == "zoh":

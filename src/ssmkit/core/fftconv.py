@@ -22,7 +22,7 @@ def _check(u: Tensor, kernels: dict[str, Tensor], D: Tensor | None) -> None:
     check_ndim("u", u, 3, "(b, l, h)")
     if u.is_complex() or not u.is_floating_point():
         raise TypeError(f"u must be a real floating-point tensor, got {u.dtype}")
-    check_finite("u", u)
+    check_finite("u", u, hot=True)
     h = u.shape[-1]
     for name, K in kernels.items():
         check_ndim(name, K, 2, "(h, L)")
@@ -31,12 +31,12 @@ def _check(u: Tensor, kernels: dict[str, Tensor], D: Tensor | None) -> None:
                 f"{name} must have shape (h, L) with h = {h} (channels of u) and L >= 1, "
                 f"got shape {tuple(K.shape)}"
             )
-        check_finite(name, K)
+        check_finite(name, K, hot=True)
     if D is not None:
         check_tensor("D", D)
         if D.shape != (h,):
             raise ValueError(f"D must have shape (h,) = ({h},), got shape {tuple(D.shape)}")
-        check_finite("D", D)
+        check_finite("D", D, hot=True)
 
 
 def _fft_size(n: int) -> int:

@@ -161,10 +161,10 @@ def update(
     Returns:
         m' (*, n), P' (*, n, n) and the log-likelihood log N(y_obs; H_obs m + d_obs, S_obs) (*).
     """
+    if d is not None:
+        y = y - d  # the offset joins y; mask_observation zeroes both where y is missing
     y, H, R = mask_observation(y, H, R, mask)
     v = y - mv(H, m)  # (*, o)
-    if d is not None:
-        v = v - (d if mask is None else d * mask.to(d.dtype))
     K, LS = kalman_gain(P, H, R)
     m_new = m + mv(K, v)
     eye = torch.eye(m.shape[-1], dtype=P.dtype, device=P.device)
@@ -254,14 +254,14 @@ def sqrt_update(
     Returns:
         m' (*, n), L' (*, n, n) lower triangular, and the log-likelihood (*), as :func:`update`.
     """
+    if d is not None:
+        y = y - d  # as in update: masked together with y
     if mask is not None:
         R = LR @ LR.mT
         y, H, R = mask_observation(y, H, R, mask)
         LR = psd_factor(R)
     o, n = H.shape[-2], H.shape[-1]
     v = y - mv(H, m)
-    if d is not None:
-        v = v - (d if mask is None else d * mask.to(d.dtype))
     HL = H @ L  # (*, o, n)
     batch = torch.broadcast_shapes(HL.shape[:-2], LR.shape[:-2], L.shape[:-2])
     top = torch.cat([LR.expand(*batch, o, o), HL.expand(*batch, o, n)], -1)

@@ -28,7 +28,13 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ssmkit.core.checks import check_choice, check_finite, check_int, check_tensor
+from ssmkit.core.checks import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_tensor,
+    values_checked,
+)
 from ssmkit.core.discretize import discretize_dplr
 from ssmkit.core.kernels_dplr import (
     cauchy_adjoint,
@@ -59,7 +65,7 @@ def _check_modes(L: int, **tensors: Tensor) -> int:
     n = None
     for name, x in tensors.items():
         check_tensor(name, x)
-        check_finite(name, x)
+        check_finite(name, x, hot=True)
         if x.ndim < 1:
             raise ValueError(f"{name} must have a trailing state axis (*, n), got a scalar")
         if n is None:
@@ -256,8 +262,8 @@ def kernel_dplr(
             f"P and Q must both have shape (*, r, n), got P {tuple(P.shape)}, Q {tuple(Q.shape)}"
         )
     check_tensor("dt", dt)
-    check_finite("dt", dt)
-    if dt.is_complex() or not bool((dt > 0).all()):
+    check_finite("dt", dt, hot=True)
+    if dt.is_complex() or (values_checked(dt, hot=True) and not bool((dt > 0).all())):
         raise ValueError("dt must be real and > 0 everywhere")
     r = P.shape[-2]
     batch = torch.broadcast_shapes(

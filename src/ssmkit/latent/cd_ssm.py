@@ -53,7 +53,7 @@ def check_times(times: object, name: str = "times") -> Tensor:
             f"got {times.dtype} {tuple(times.shape)}"
         )
     check_finite(name, times)
-    bad = (times.diff(dim=-1) <= 0).reshape(-1, times.shape[-1] - 1).nonzero()
+    bad = (times.reshape(-1, times.shape[-1]).diff(dim=-1) <= 0).nonzero()  # (k, 2)
     if bad.numel():
         row, k = int(bad[0, 0]), int(bad[0, 1])
         t = times.reshape(-1, times.shape[-1])[row]

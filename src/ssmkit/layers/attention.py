@@ -198,7 +198,7 @@ class CausalSelfAttention(SequenceLayer):
         for name, value in (("state.k", state.k), ("state.v", state.v)):
             if tuple(value.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
-            check_finite(name, value)
+            check_finite(name, value, hot=True)
         if state.valid.dtype != torch.bool or state.valid.shape[0] != batch:
             raise ValueError(
                 f"state.valid must be a (batch, t) = ({batch}, t) bool tensor, got "

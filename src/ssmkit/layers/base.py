@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssmkit.core.checks import check_finite, check_tensor
+from ssmkit.core.checks import check_finite, check_tensor, values_checked
 
 Tensor = torch.Tensor
 
@@ -57,7 +57,7 @@ def check_sequence(name: str, x: Tensor, d_model: int, dtype: torch.dtype | None
             f"{name} must have shape (batch, length, d_model) with d_model = {d_model} and "
             f"length >= 1, got shape {tuple(x.shape)}"
         )
-    return check_finite(name, _check_float(name, x, dtype))
+    return check_finite(name, _check_float(name, x, dtype), hot=True)
 
 
 def check_step_input(x_t: Tensor, d_model: int, dtype: torch.dtype | None = None) -> Tensor:
@@ -68,17 +68,12 @@ def check_step_input(x_t: Tensor, d_model: int, dtype: torch.dtype | None = None
             f"x_t must have shape (batch, d_model) with d_model = {d_model}, "
             f"got shape {tuple(x_t.shape)}"
         )
-    return check_finite("x_t", _check_float("x_t", x_t, dtype))
+    return check_finite("x_t", _check_float("x_t", x_t, dtype), hot=True)
 
 
 def _check_float(name: str, x: Tensor, dtype: torch.dtype | None) -> Tensor:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.device.type == "meta":
-        raise ValueError(
-            f"{name} is a meta tensor (shape only); ssmkit layers check input values, so run "
-            "them on a real device (cpu or cuda)"
-        )
     if dtype is None or x.dtype == dtype:
         return x
     if torch.is_autocast_enabled(x.device.type):
@@ -97,6 +92,8 @@ def check_overflow(layer: nn.Module, y: Tensor, x: Tensor) -> Tensor:
     finite but huge ``x`` (|x| ~ 1e20 in float32) overflows to inf and then NaN. The error
     names the cause: a non-finite parameter, else the size of ``x``.
     """
+    if not values_checked(y, hot=True):
+        return y
     if bool(torch.isfinite(y.detach().sum())) or bool(torch.isfinite(y.detach()).all()):
         return y
     for pname, p in layer.named_parameters():
@@ -123,6 +120,8 @@ def check_lengths(lengths: Tensor | None, batch: int, length: int) -> Tensor | N
         )
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if not values_checked(lengths, hot=True):
+        return lengths.long()
     if bool((lengths < 1).any()) or bool((lengths > length).any()):
         raise ValueError(
             f"lengths must lie in [1, {length}] (the input length), got min "
@@ -149,7 +148,10 @@ def packed_resets(
         )
     c = cu_seqlens
     ok = c.ndim == 1 and c.numel() >= 2 and not c.is_floating_point()
-    if not ok or int(c[0]) != 0 or int(c[-1]) != length or bool((c[1:] <= c[:-1]).any()):
+    if not ok or (
+        values_checked(c, hot=True)
+        and (int(c[0]) != 0 or int(c[-1]) != length or bool((c[1:] <= c[:-1]).any()))
+    ):
         raise ValueError(
             f"cu_seqlens must be increasing integers from 0 to the input length {length}, "
             f"got {c.tolist() if c.numel() < 20 else tuple(c.shape)}"
@@ -172,7 +174,7 @@ def check_state_tuple(state: object, cls: type, shapes: dict[str, tuple[int, ...
         check_tensor(name, value)
         if tuple(value.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(value.shape)}")
-        check_finite(name, value)
+        check_finite(name, value, hot=True)
 
 
 def check_state(state: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
@@ -184,4 +186,4 @@ def check_state(state: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> Te
         )
     if state.dtype != dtype:
         raise TypeError(f"state must have dtype {dtype} (see initial_state), got {state.dtype}")
-    return check_finite("state", state)
+    return check_finite("state", state, hot=True)

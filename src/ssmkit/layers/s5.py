@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ssmkit.core.checks import check_choice, check_finite, check_tensor
+from ssmkit.core.checks import check_choice, check_finite, check_tensor, values_checked
 from ssmkit.core.discretize import discretize_diag
 from ssmkit.core.init import log_uniform_dt, s5_init
 from ssmkit.core.params import SSM_LR, ssm_parameter
@@ -122,6 +122,6 @@ def _check_intervals(intervals: Tensor, shape: tuple[int, ...] | None) -> None:
     check_tensor("intervals", intervals)
     if shape is not None and tuple(intervals.shape) != shape:
         raise ValueError(f"intervals must have shape {shape}, got shape {tuple(intervals.shape)}")
-    check_finite("intervals", intervals)
-    if not bool((intervals > 0).all()):
+    check_finite("intervals", intervals, hot=True)
+    if values_checked(intervals, hot=True) and not bool((intervals > 0).all()):
         raise ValueError(f"intervals must be > 0 everywhere, got min {float(intervals.min()):.4g}")

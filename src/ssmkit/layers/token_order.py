@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.core.checks import check_finite, check_positive, check_tensor
+from ssmkit.core.checks import check_finite, check_positive, check_tensor, values_checked
 
 Tensor = torch.Tensor
 
@@ -29,7 +29,7 @@ def _check_scores(scores: Tensor, lengths: Tensor | None) -> Tensor | None:
             f"scores must be a floating-point tensor of shape (batch, length), got {scores.dtype} "
             f"of shape {tuple(scores.shape)}"
         )
-    check_finite("scores", scores)
+    check_finite("scores", scores, hot=True)
     if lengths is None:
         return None
     b, l = scores.shape
@@ -37,7 +37,7 @@ def _check_scores(scores: Tensor, lengths: Tensor | None) -> Tensor | None:
     if lengths.shape != (b,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(f"lengths must be integers of shape ({b},), got {lengths.dtype} "
                          f"of shape {tuple(lengths.shape)}")  # fmt: skip
-    if bool((lengths < 1).any()) or bool((lengths > l).any()):
+    if values_checked(lengths, hot=True) and bool((lengths < 1).any() | (lengths > l).any()):
         raise ValueError(f"lengths must lie in [1, {l}], got {lengths.tolist()}")
     return torch.arange(l, device=scores.device) < lengths.to(scores.device).unsqueeze(-1)
 
@@ -67,7 +67,7 @@ def soft_sort(
         P: (b, l, l), rows summing to 1; ``P @ x`` with x (b, l, d) is the sorted sequence.
     """
     valid = _check_scores(scores, lengths)
-    check_positive("tau", tau)
+    check_positive("tau", tau, hot=True)
     b, l = scores.shape
     ranked = _sorted_valid(scores, valid, descending)  # (b, l) the i-th ranked score
     if valid is not None:  # padded rows: a finite placeholder, replaced by identity rows below

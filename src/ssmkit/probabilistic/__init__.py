@@ -10,6 +10,8 @@ from ssmkit.probabilistic.filters import (
 )
 from ssmkit.probabilistic.model import LinearGaussianSSM, sample
 from ssmkit.probabilistic.particle import ParticleFilterResult, ParticleModel, particle_filter
+from ssmkit.probabilistic.simsmoother import simulation_smoother
+from ssmkit.probabilistic.sqrt_smoother import SqrtSmootherResult, sqrt_rts_smoother
 
 __all__ = [
     "FilterResult",
@@ -17,10 +19,13 @@ __all__ = [
     "ParticleFilterResult",
     "ParticleModel",
     "SmootherResult",
+    "SqrtSmootherResult",
     "fit_em",
     "kalman_filter",
     "log_likelihood",
     "particle_filter",
     "rts_smoother",
     "sample",
+    "simulation_smoother",
+    "sqrt_rts_smoother",
 ]

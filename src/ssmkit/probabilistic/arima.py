@@ -21,9 +21,10 @@ beta^T x_t + z_t with z_t the SARIMA process above; the state tracks z, and beta
 observation as D u_t with D = beta^T and u_t = x_t (so fits pass ``u=exog``).
 
 Parameters, named and ordered as in SARIMAX: intercept, the exog coefficients (x1.. or the
-given names), ar.L1.., ma.L1.., ar.S.L{s}.., ma.S.L{s}.., sigma2. AR polynomials are kept stationary and MA polynomials invertible by
-partial autocorrelations x / sqrt(1 + x^2) mapped by :func:`.spec.pacf_to_ar` (as SARIMAX's
-``enforce_stationarity`` and ``enforce_invertibility``; Monahan 1984).
+given names), ar.L1.., ma.L1.., ar.S.L{s}.., ma.S.L{s}.., sigma2. AR polynomials are kept
+stationary and MA polynomials invertible by partial autocorrelations x / sqrt(1 + x^2) mapped
+by :func:`.spec.pacf_to_ar` (as SARIMAX's ``enforce_stationarity`` and
+``enforce_invertibility``; Monahan 1984).
 """
 
 from __future__ import annotations

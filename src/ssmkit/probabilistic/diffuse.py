@@ -14,9 +14,13 @@ The smoother runs the backward recursions for r^(0), r^(1), N^(0), N^(1), N^(2) 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
-from ssmkit.core.gaussian import diffuse_update_scalar, predict, symmetrize, update
+from ssmkit.core.gaussian import diffuse_update_scalar, mv, predict, symmetrize, update
+from ssmkit.probabilistic.filter_steps import FilterResult, Trace, at, run_steps
 from ssmkit.probabilistic.model import Prepared
 
 Tensor = torch.Tensor
@@ -32,35 +36,69 @@ def _check_diagonal_R(R: Tensor) -> None:
         )
 
 
-def _mv(A: Tensor, x: Tensor) -> Tensor:
-    return (A @ x.unsqueeze(-1)).squeeze(-1)
+class DiffuseCov(NamedTuple):
+    """The covariance state of the exact diffuse filter: Cov = P_star + kappa P_inf."""
+
+    P_star: Tensor  # (b, n, n)
+    P_inf: Tensor  # (b, n, n)
 
 
-def diffuse_filter(p: Prepared, P_inf0: Tensor) -> dict[str, Tensor]:
-    """The exact diffuse filter; returns the moments and what the smoother needs."""
-    _check_diagonal_R(p.R)
-    b, l, o = p.y.shape
-    n = p.m0.shape[-1]
-    a, Ps = p.m0, p.P0
-    Pi = P_inf0.expand(b, n, n)
-    keys = ("m_pred", "P_pred", "Pi_pred", "m", "P", "P_inf", "loglik", "v", "Fs", "Fi", "Ms", "Mi")
-    out: dict[str, list[Tensor]] = {k: [] for k in keys}
-    zero = torch.zeros((), dtype=a.dtype, device=a.device)
-    for t in range(l):
-        out["m_pred"].append(a)
-        out["P_pred"].append(Ps)
-        out["Pi_pred"].append(Pi)
+class EntryRecords(NamedTuple):
+    """What the smoother needs of each entry y_t,i (stacked: (b, l, o) and (b, l, o, n)).
+    F_inf = 0 marks a regular entry, F_star = 0 a missing one."""
+
+    v: Tensor  # (b, o) innovation y - z^T a - d
+    F_star: Tensor  # (b, o) z^T P_star z + r
+    F_inf: Tensor  # (b, o) z^T P_inf z
+    M_star: Tensor  # (b, o, n) P_star z
+    M_inf: Tensor  # (b, o, n) P_inf z
+
+
+@dataclass(frozen=True)
+class DiffuseFilterResult:
+    """Output of :func:`diffuse_filter`: the filter's moments and the smoother's records."""
+
+    filtered: FilterResult  # P_pred, P, P_next hold P_star; P_inf the filtered diffuse part
+    P_inf_pred: Tensor  # (b, l, n, n) predicted diffuse part
+    entries: EntryRecords  # per entry, (b, l, o) and (b, l, o, n)
+
+
+@dataclass(frozen=True)
+class DiffuseSteps:
+    """The exact diffuse step strategy for :func:`ssmkit.probabilistic.filter_steps.run_steps`:
+    the entries of y_t are processed one at a time; an entry with F_inf > TOL takes the limit
+    update, every other one the ordinary update."""
+
+    p: Prepared
+    P_inf0: Tensor  # (n, n) or (b, n, n)
+
+    @property
+    def length(self) -> int:
+        return self.p.y.shape[1]
+
+    def start(self) -> tuple[Tensor, DiffuseCov]:
+        b, n = self.p.m0.shape
+        return self.p.m0, DiffuseCov(self.p.P0, self.P_inf0.expand(b, n, n))
+
+    def update(
+        self, a: Tensor, S: DiffuseCov, t: int
+    ) -> tuple[Tensor, DiffuseCov, Tensor, EntryRecords]:
+        p = self.p
+        b, _, o = p.y.shape
+        Ps, Pi = S
         ll = torch.zeros(b, dtype=a.dtype, device=a.device)
-        rows = {k: [] for k in ("v", "Fs", "Fi", "Ms", "Mi")}
+        rows = []
+        zero = torch.zeros((), dtype=a.dtype, device=a.device)
         active = bool(Pi.any())  # one host sync per step; skips the diffuse branch later on
         for i in range(o):
             z = p.H[:, t, i]  # (b, n)
-            r = p.R[:, t, i, i]
+            r = p.R[:, t, i, i]  # (b,)
+            d = at(p.d, t)
             obs = torch.ones(b, dtype=torch.bool) if p.mask is None else p.mask[:, t, i]
             obs = obs.to(a.device)
-            Mi, Ms = _mv(Pi, z), _mv(Ps, z)
+            Mi, Ms = mv(Pi, z), mv(Ps, z)
             Fi, Fs = (z * Mi).sum(-1), (z * Ms).sum(-1) + r
-            v = p.y[:, t, i] - (z * a).sum(-1) - (0 if p.d is None else p.d[:, t, i])
+            v = p.y[:, t, i] - (z * a).sum(-1) - (0 if d is None else d[:, i])
             is_diffuse = obs & (Fi > TOL)
             a_r, Ps_r, ll_r = update(
                 a,
@@ -68,7 +106,7 @@ def diffuse_filter(p: Prepared, P_inf0: Tensor) -> dict[str, Tensor]:
                 p.y[:, t, i : i + 1],
                 z.unsqueeze(1),
                 r[:, None, None],
-                None if p.d is None else p.d[:, t, i : i + 1],
+                None if d is None else d[:, i : i + 1],
                 obs.unsqueeze(1),
             )
             if active:
@@ -81,29 +119,48 @@ def diffuse_filter(p: Prepared, P_inf0: Tensor) -> dict[str, Tensor]:
                 ll = ll + torch.where(is_diffuse, ll_d, ll_r)
             else:  # the diffuse phase is over for every series: ordinary updates only
                 a, Ps, ll = a_r, Ps_r, ll + ll_r
-            # record what the smoother needs: Fi = 0 marks a regular step, Fs = 0 a missing one
-            rows["v"].append(torch.where(obs, v, zero))
-            rows["Fs"].append(torch.where(obs, Fs, zero))
-            rows["Fi"].append(torch.where(is_diffuse, Fi, zero))
-            rows["Ms"].append(Ms)
-            rows["Mi"].append(Mi)
+            rows.append(
+                EntryRecords(
+                    torch.where(obs, v, zero),
+                    torch.where(obs, Fs, zero),
+                    torch.where(is_diffuse, Fi, zero),
+                    Ms,
+                    Mi,
+                )
+            )
         # a P_inf left with rounding noise only has ended the diffuse phase
         done = Pi.abs().flatten(1).amax(1) <= TOL
         Pi = torch.where(done[:, None, None], torch.zeros_like(Pi), Pi)
-        for k, v_ in rows.items():
-            out[k].append(torch.stack(v_, 1))
-        out["m"].append(a)
-        out["P"].append(Ps)
-        out["P_inf"].append(Pi)
-        out["loglik"].append(ll)
-        a, Ps = predict(a, Ps, p.F[:, t], p.Q[:, t], None if p.c is None else p.c[:, t])
-        Pi = symmetrize(p.F[:, t] @ Pi @ p.F[:, t].mT)
-    res = {k: torch.stack(v, 1) for k, v in out.items()}
-    res["m_next"], res["P_next"] = a, Ps
-    return res
+        entries = EntryRecords(*(torch.stack(f, 1) for f in zip(*rows, strict=True)))
+        return a, DiffuseCov(Ps, Pi), ll, entries
+
+    def predict(self, a: Tensor, S: DiffuseCov, t: int) -> tuple[Tensor, DiffuseCov]:
+        F = self.p.F[:, t]
+        a, Ps = predict(a, S.P_star, F, self.p.Q[:, t], at(self.p.c, t))
+        return a, DiffuseCov(Ps, symmetrize(F @ S.P_inf @ F.mT))
+
+    def finish(self, tr: Trace) -> DiffuseFilterResult:
+        filtered = FilterResult(
+            tr.m_pred,
+            tr.S_pred.P_star,
+            tr.m,
+            tr.S.P_star,
+            tr.loglik,
+            tr.m_next,
+            tr.S_next.P_star,
+            tr.S.P_inf,
+        )
+        return DiffuseFilterResult(filtered, tr.S_pred.P_inf, tr.extra)
 
 
-def diffuse_smoother(p: Prepared, f: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def diffuse_filter(p: Prepared, P_inf0: Tensor) -> DiffuseFilterResult:
+    """The exact diffuse filter; returns the moments and what the smoother needs."""
+    _check_diagonal_R(p.R)
+    steps = DiffuseSteps(p, P_inf0)
+    return steps.finish(run_steps(steps))
+
+
+def diffuse_smoother(p: Prepared, f: DiffuseFilterResult) -> tuple[Tensor, Tensor]:
     """Smoothed means (b, l, n) and covariances (b, l, n, n) under exact diffuse init."""
     b, l, o = p.y.shape
     n = p.m0.shape[-1]
@@ -116,19 +173,18 @@ def diffuse_smoother(p: Prepared, f: dict[str, Tensor]) -> tuple[Tensor, Tensor]
     for t in range(l - 1, -1, -1):
         if t < l - 1:
             Ft = p.F[:, t]
-            r0, r1 = _mv(Ft.mT, r0), _mv(Ft.mT, r1)
+            r0, r1 = mv(Ft.mT, r0), mv(Ft.mT, r1)
             N0, N1, N2 = (Ft.mT @ N @ Ft for N in (N0, N1, N2))
         for i in range(o - 1, -1, -1):
             z = p.H[:, t, i]
-            v, Fs, Fi = f["v"][:, t, i], f["Fs"][:, t, i], f["Fi"][:, t, i]
-            Ms, Mi = f["Ms"][:, t, i], f["Mi"][:, t, i]
+            v, Fs, Fi, Ms, Mi = (x[:, t, i] for x in f.entries)
             diff, obs = Fi > 0, Fs > 0
             reg = obs & ~diff
             zz = z.unsqueeze(-1) * z.unsqueeze(-2)
             # regular entry: L = I - K z^T with K = M_star / F_star
             Fs_safe = torch.where(reg, Fs, torch.ones_like(Fs))
             Lr = eye - (Ms / Fs_safe.unsqueeze(-1)).unsqueeze(-1) * z.unsqueeze(-2)
-            r0_r = z * (v / Fs_safe).unsqueeze(-1) + _mv(Lr.mT, r0)
+            r0_r = z * (v / Fs_safe).unsqueeze(-1) + mv(Lr.mT, r0)
             N0_r = zz / Fs_safe[:, None, None] + Lr.mT @ N0 @ Lr
             # diffuse entry: L0 = I - K0 z^T, L1 = -K1 z^T (D&K 5.3)
             Fi_safe = torch.where(diff, Fi, torch.ones_like(Fi))
@@ -136,8 +192,8 @@ def diffuse_smoother(p: Prepared, f: dict[str, Tensor]) -> tuple[Tensor, Tensor]
             K1 = Ms / Fi_safe.unsqueeze(-1) - Mi * (Fs / Fi_safe**2).unsqueeze(-1)
             L0 = eye - K0.unsqueeze(-1) * z.unsqueeze(-2)
             L1 = -K1.unsqueeze(-1) * z.unsqueeze(-2)
-            r0_d = _mv(L0.mT, r0)
-            r1_d = z * (v / Fi_safe).unsqueeze(-1) + _mv(L0.mT, r1) + _mv(L1.mT, r0)
+            r0_d = mv(L0.mT, r0)
+            r1_d = z * (v / Fi_safe).unsqueeze(-1) + mv(L0.mT, r1) + mv(L1.mT, r0)
             fi = Fi_safe[:, None, None]
             N0_d = L0.mT @ N0 @ L0
             N1_d = zz / fi + L0.mT @ N1 @ L0 + L1.mT @ N0 @ L0 + L0.mT @ N0 @ L1
@@ -150,13 +206,13 @@ def diffuse_smoother(p: Prepared, f: dict[str, Tensor]) -> tuple[Tensor, Tensor]
             )
             sd, sr = diff[:, None], reg[:, None]
             r0 = torch.where(sd, r0_d, torch.where(sr, r0_r, r0))
-            r1 = torch.where(sd, r1_d, torch.where(sr, _mv(Lr.mT, r1), r1))
+            r1 = torch.where(sd, r1_d, torch.where(sr, mv(Lr.mT, r1), r1))
             sd3, sr3 = sd.unsqueeze(-1), sr.unsqueeze(-1)
             N0 = torch.where(sd3, N0_d, torch.where(sr3, N0_r, N0))
             N1 = torch.where(sd3, N1_d, torch.where(sr3, Lr.mT @ N1 @ Lr, N1))
             N2 = torch.where(sd3, N2_d, torch.where(sr3, Lr.mT @ N2 @ Lr, N2))
-        a, Ps, Pi = f["m_pred"][:, t], f["P_pred"][:, t], f["Pi_pred"][:, t]
-        ms.append(a + _mv(Ps, r0) + _mv(Pi, r1))
+        a, Ps, Pi = f.filtered.m_pred[:, t], f.filtered.P_pred[:, t], f.P_inf_pred[:, t]
+        ms.append(a + mv(Ps, r0) + mv(Pi, r1))
         PiN1Ps = Pi @ N1 @ Ps
         Vs.append(symmetrize(Ps - Ps @ N0 @ Ps - PiN1Ps - PiN1Ps.mT - Pi @ N2 @ Pi))
     return torch.stack(ms[::-1], 1), torch.stack(Vs[::-1], 1)

@@ -85,9 +85,7 @@ def simulation_smoother(
     b, l, _ = y.shape
     n = model.n
     x_hat = rts_smoother(model, y, u, method, diffuse, kappa).m  # (b, l, n); checks shapes
-    zero_mean = replace(
-        model, B=None, D=None, m0=torch.zeros(n, dtype=y.dtype, device=y.device)
-    )
+    zero_mean = replace(model, B=None, D=None, m0=torch.zeros(n, dtype=y.dtype, device=y.device))
     plus = _repeat_series(zero_mean, b, draws)
     x_plus, y_plus = sample(plus, b * draws, l, generator=generator, dtype=y.dtype)
     missing = torch.isnan(y).repeat_interleave(draws, 0)  # (b s, l, o)

@@ -118,9 +118,7 @@ def sqrt_rts_smoother(
         m, L = sqrt_predict(m, L, p.F[:, t], LQ[:, t], None if p.c is None else p.c[:, t])
     ms, Ls, Gs = [mf[-1]], [Lf[-1]], []
     for t in range(l - 2, -1, -1):
-        m_s, L_s, G = sqrt_smooth_step(
-            mf[t], Lf[t], mp[t + 1], ms[-1], Ls[-1], p.F[:, t], LQ[:, t]
-        )
+        m_s, L_s, G = sqrt_smooth_step(mf[t], Lf[t], mp[t + 1], ms[-1], Ls[-1], p.F[:, t], LQ[:, t])
         Gs.append(G @ Ls[-1] @ Ls[-1].mT)  # Cov[x_t, x_{t+1} | y] = G P_s'
         ms.append(m_s)
         Ls.append(L_s)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.core.checks import check_finite, check_tensor
+from ssmkit.core.checks import check_finite, check_tensor, values_checked
 from ssmkit.ops import registry, triton_support
 from ssmkit.ops.lti_scan import cpu_numba, triton_backend
 from ssmkit.ops.lti_scan.ref import inject, lti_scan_ref, readout
@@ -89,7 +89,7 @@ def lti_scan(
                 f"initial_state must have shape (b, *s) = {state_shape} and dtype {dtype}, "
                 f"got shape {tuple(initial_state.shape)} and dtype {initial_state.dtype}"
             )
-        x0 = check_finite("initial_state", initial_state)
+        x0 = check_finite("initial_state", initial_state, hot=True)
     last = _last_steps(lengths, b, length, u.device)
     impl = registry.resolve("lti_scan", backend, u.device)
     return impl.fn(u, A_bar, B_bar, C, x0, conj, last)
@@ -129,7 +129,7 @@ def _check(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, conj: bool) -> tu
     if not isinstance(conj, bool):
         raise TypeError(f"conj must be a bool, got {type(conj).__name__}")
     for name, x in (("u", u), ("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
-        check_finite(name, x)
+        check_finite(name, x, hot=True)
     return b, length, mimo
 
 
@@ -143,7 +143,8 @@ def _last_steps(lengths: Tensor | None, b: int, length: int, device: torch.devic
             f"lengths must be an integer tensor of shape (b,) = ({b},), got {lengths.dtype} "
             f"of shape {tuple(lengths.shape)}"
         )
-    if lengths.dtype == torch.bool or bool((lengths < 1).any() | (lengths > length).any()):
+    bad = values_checked(lengths, hot=True) and bool((lengths < 1).any() | (lengths > length).any())
+    if lengths.dtype == torch.bool or bad:
         raise ValueError(
             f"lengths must be integers in [1, {length}] (the input length), got {lengths.tolist()}"
         )

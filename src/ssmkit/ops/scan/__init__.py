@@ -73,7 +73,7 @@ def scan(
     for name, x in (("a", a), ("b", b)):
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{name} must be a floating-point or complex tensor, got {x.dtype}")
-        check_finite(name, x)
+        check_finite(name, x, hot=True)
     dtype = torch.promote_types(a.dtype, b.dtype)
     state_shape = (b.shape[0], *b.shape[2:])
     if initial_state is None:
@@ -85,7 +85,7 @@ def scan(
                 f"initial_state must have shape (b, *s) = {state_shape}, "
                 f"got shape {tuple(initial_state.shape)}"
             )
-        check_finite("initial_state", initial_state)
+        check_finite("initial_state", initial_state, hot=True)
         h0 = initial_state.to(dtype)
     impl = registry.resolve("scan", backend, b.device)
     h = impl.fn(a.to(dtype).expand(b.shape), b.to(dtype), h0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ssmkit.core.checks import check_bool_mask, check_finite, check_tensor
+from ssmkit.core.checks import check_bool_mask, check_finite, check_tensor, values_checked
 from ssmkit.ops import registry, triton_support
 from ssmkit.ops.selective_scan import cpu_numba, triton_backend
 from ssmkit.ops.selective_scan.chunked import selective_scan_chunked
@@ -122,12 +122,12 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
     if A.ndim != 2 or A.shape[0] != d or A.is_complex():
         raise ValueError(f"A must be real with shape (d, n) = ({d}, n), got {tuple(A.shape)}")
     n = A.shape[1]
-    check_finite("A", A)
-    if bool((A > 0).any()):
+    check_finite("A", A, hot=True)
+    if values_checked(A, hot=True) and bool((A > 0).any()):
         raise ValueError(f"A must be <= 0 (a stable decay), got max {float(A.max()):.4g}")
     _same("dt", dt, (b, l, d))
-    check_finite("u", u)
-    check_finite("dt", dt)
+    check_finite("u", u, hot=True)
+    check_finite("dt", dt, hot=True)
     for name, M in (("B", B), ("C", C)):
         check_tensor(name, M)
         ok = M.shape[:2] == (b, l) and M.shape[-1] == n and M.ndim in (3, 4)
@@ -136,7 +136,7 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
                 f"{name} must have shape (b, l, n) = ({b}, {l}, {n}) or (b, l, g, n) with g "
                 f"dividing d = {d}, got {tuple(M.shape)}"
             )
-        check_finite(name, M)
+        check_finite(name, M, hot=True)
     if B.ndim != C.ndim or B.shape != C.shape:
         raise ValueError(
             f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
@@ -144,10 +144,10 @@ def _check(u, dt, A, B, C, D, z, dt_bias, initial_state) -> tuple[int, int, int,
     for name, t, shape in (("D", D, (d,)), ("dt_bias", dt_bias, (d,)), ("z", z, (b, l, d))):
         if t is not None:
             _same(name, t, shape)
-            check_finite(name, t)
+            check_finite(name, t, hot=True)
     if initial_state is not None:
         _same("initial_state", initial_state, (b, d, n))
-        check_finite("initial_state", initial_state)
+        check_finite("initial_state", initial_state, hot=True)
     return b, l, d, n
 
 

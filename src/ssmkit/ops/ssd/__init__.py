@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssmkit.core.checks import check_bool_mask, check_finite, check_int, check_tensor
+from ssmkit.core.checks import (
+    check_bool_mask,
+    check_finite,
+    check_int,
+    check_tensor,
+    values_checked,
+)
 from ssmkit.ops import registry, triton_support
 from ssmkit.ops.selective_scan.ref import delta_of
 from ssmkit.ops.ssd.chunked import ssd_chunked
@@ -103,13 +109,13 @@ def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):
     if x.ndim != 4 or not x.is_floating_point() or x.shape[1] < 1:
         raise ValueError(f"x must be a float tensor of shape (b, l, h, p), got {tuple(x.shape)}")
     b, l, h, p = x.shape
-    check_finite("x", x)
+    check_finite("x", x, hot=True)
     for name, t, shape in (("dt", dt, (b, l, h)), ("A", A, (h,))):
         check_tensor(name, t)
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-        check_finite(name, t)
-    if bool((A > 0).any()):
+        check_finite(name, t, hot=True)
+    if values_checked(A, hot=True) and bool((A > 0).any()):
         raise ValueError(f"A must be <= 0 (a stable decay), got max {float(A.max()):.4g}")
     for name, M in (("B", B), ("C", C)):
         check_tensor(name, M)
@@ -118,7 +124,7 @@ def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):
                 f"{name} must have shape (b, l, g, n) = ({b}, {l}, g, n) with g dividing "
                 f"h = {h}, got {tuple(M.shape)}"
             )
-        check_finite(name, M)
+        check_finite(name, M, hot=True)
     if B.shape != C.shape:
         raise ValueError(
             f"B and C must have the same shape, got {tuple(B.shape)}, {tuple(C.shape)}"
@@ -138,5 +144,5 @@ def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):
         )
     for name, t in (("D", D), ("z", z), ("dt_bias", dt_bias), ("initial_state", initial_state)):
         if t is not None:
-            check_finite(name, t)
+            check_finite(name, t, hot=True)
     return b, l, h, p, n

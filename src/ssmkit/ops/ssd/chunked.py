@@ -2,9 +2,9 @@
 
 With a_t = delta_t A and its running sum s_t inside a chunk of t steps, u_t = delta_t x_t:
 
-1. within a chunk, y_t = sum_{r <= t} (C_t . B_r) exp(s_t - s_r) u_r  (a masked, decaying
+1. within a chunk, y_t = sum_{j <= t} (C_t . B_j) exp(s_t - s_j) u_j  (a masked, decaying
    attention-like product);
-2. each chunk's own final state: sum_r exp(s_last - s_r) u_r B_r^T;
+2. each chunk's own final state: sum_j exp(s_last - s_j) u_j B_j^T;
 3. states are passed between chunks: S_k = exp(s_last of chunk k) S_{k-1} + (2);
 4. the passed-in state adds exp(s_t) C_t S_{k-1} to every output of the chunk.
 
@@ -16,6 +16,10 @@ sequential path (which matters on a loaded machine). The backward is written out
 recomputes the (t, t) decays instead of storing them), so autograd keeps only the inputs, the
 chunk-entry states and the inter-chunk part of y. Lengths that are not a multiple of the chunk
 size are padded with delta = 0 steps, which leave the state unchanged.
+
+Axes (the glossary of :mod:`ssmkit._typing`): b batch, c chunks, t a step inside a chunk and
+j an earlier step of the same chunk (j <= t), g groups sharing B and C, r heads per group
+(h = g r), p head dimension, n state size; "r p" is the heads of a group side by side.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ def ssd_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`ssmkit.ops.ssd.ref.ssd_ref`; differentiable once.
 
-    Resets (``keep`` = 0) split a chunk into segments: a decay exp(s_t - s_r) only counts when
-    r and t lie in one segment, and the state entering a chunk only reaches its first one.
+    Resets (``keep`` = 0) split a chunk into segments: a decay exp(s_t - s_j) only counts when
+    j and t lie in one segment, and the state entering a chunk only reaches its first one.
 
     Args:
         x: (b, l, h, p). delta: (b, l, h), >= 0. A: (h,). B, C: (b, l, g, n).
@@ -80,17 +84,29 @@ def _decays(delta: Tensor, A: Tensor, keep: Tensor | None, shape: _Shape):
     """The decay factors of one chunked pass, all <= 1 (A <= 0, so no overflow).
 
     With s the running sums of delta A inside each chunk (cumsum differences, masked once),
-    returns L (b, g, r, c, t, t) = exp(s_t - s_r) on causal same-segment pairs [t, r],
-    w (b, g, r, c, t) = exp(s_last - s_r) for steps in the chunk's last segment, and
+    returns L (b, g, r, c, t, j) = exp(s_t - s_j) on causal same-segment pairs j <= t,
+    w (b, g, r, c, j) = exp(s_last - s_j) for steps in the chunk's last segment, and
     E (b, g, r, c, t) = exp(s_t) for steps before the chunk's first reset.
+
+    Why the difference of running sums suffices here (instead of the "stable segment sum",
+    which adds a_{j+1} .. a_t for every pair at O(t^2) cost per chunk): every a = delta A is
+    <= 0, so s falls monotonically and exp(s_t - s_j) <= 1 on the kept pairs; the pairs j > t,
+    whose difference is positive and could overflow, are set to -inf before the exp. The sums
+    restart at every chunk, so |s_t| <= |s_last| = the sum of one chunk's |delta A|, and the
+    rounding error of s_t - s_j (each cumsum step rounds at about eps |s_t|) is at most about
+    (t - j) eps |s_last| in absolute terms, which is the relative error of exp(s_t - s_j): in
+    float32 about 1e-4 at worst after a decay by exp(-100) inside a chunk of 16 steps. It grows
+    with one chunk's total decay, never with the sequence length (tested in
+    ``tests/ops/test_ssd_glossary.py``). Mamba-2's fused kernels make the same choice (exp of
+    differences of a chunk-local cumsum).
     """
     b, g, r, c, t = shape.b, shape.g, shape.r, shape.c, shape.t
     a = delta * A.reshape(g, r)  # (b, c, t, g, r)
     s = a.cumsum(2).permute(0, 3, 4, 1, 2).contiguous()  # (b, g, r, c, t)
-    linked = torch.ones(t, t, dtype=torch.bool, device=s.device).tril()  # [t, r]: r <= t
+    linked = torch.ones(t, t, dtype=torch.bool, device=s.device).tril()  # (t, j): j <= t
     if keep is not None:
         seg = (keep == 0).cumsum(-1).reshape(b, 1, 1, c, t)  # segment of each step
-        linked = linked & (seg.unsqueeze(-1) == seg.unsqueeze(-2))  # (b, 1, 1, c, t, t)
+        linked = linked & (seg.unsqueeze(-1) == seg.unsqueeze(-2))  # (b, 1, 1, c, t, j)
     L = (s.unsqueeze(-1) - s.unsqueeze(-2)).masked_fill_(~linked, float("-inf")).exp_()
     w = torch.exp(s[..., -1:] - s)
     E = torch.exp(s)
@@ -98,6 +114,12 @@ def _decays(delta: Tensor, A: Tensor, keep: Tensor | None, shape: _Shape):
         w = w * (seg == seg[..., -1:])
         E = E * (seg == 0)
     return L, w, E
+
+
+def _CB(C: Tensor, B: Tensor) -> Tensor:
+    """C_t . B_j for every pair of steps of a chunk: (b, g, c, t, n), (b, g, c, j, n) ->
+    (b, g, c, t, j), once per group."""
+    return torch.einsum("bgctn,bgcjn->bgctj", C, B)
 
 
 def _heads_as_columns(M: Tensor, shape: _Shape) -> Tensor:
@@ -128,9 +150,9 @@ class _SSDChunked(torch.autograd.Function):
         Cc = _chunked(C, shape).permute(0, 3, 1, 2, 4).contiguous()  # (b, g, c, t, n)
         L, w, E = _decays(dc, A, kc, shape)
         u = xc * dc.unsqueeze(-1)  # (b, c, t, g, r, p)
-        # 1. intra-chunk: (C_t . B_r) once per group, decays per head
-        M = L.mul_((Cc @ Bc.transpose(-1, -2)).unsqueeze(2))  # (b, g, r, c, t, t)
-        y_diag = M @ _heads_as_batch(u)  # (b, g, r, c, t, p)
+        # 1. intra-chunk: (C_t . B_j) once per group, decays per head
+        M = L.mul_(_CB(Cc, Bc).unsqueeze(2))  # (b, g, r, c, t, j)
+        y_diag = torch.einsum("bgrctj,bgrcjp->bgrctp", M, _heads_as_batch(u))
         # 2. chunk-local final states, heads as columns: (n, t) @ (t, r p); states are kept
         # transposed, (n, r p)
         uw = (_heads_as_columns(u, shape).unflatten(-1, (shape.r, p)) * _per_column(w)).flatten(-2)
@@ -188,18 +210,17 @@ class _SSDChunked(torch.autograd.Function):
         dw_w = (duw * u_cols).sum(-1).permute(0, 1, 4, 2, 3) * w  # (b, g, r, c, t)
         ds -= dw_w
         ds[..., -1] += dw_w.sum(-1)
-        # 1. y_diag = (L * G) @ u
-        G = Cc @ Bc.transpose(-1, -2)  # (b, g, c, t, t)
-        M = L * G.unsqueeze(2)  # (b, g, r, c, t, t)
+        # 1. y_diag = (L * G) u with G = C_t . B_j
+        M = L * _CB(Cc, Bc).unsqueeze(2)  # (b, g, r, c, t, j)
         dy_h = _heads_as_batch(dyc)  # (b, g, r, c, t, p)
-        du_h = M.transpose(-1, -2) @ dy_h  # (b, g, r, c, t, p)
-        dM = dy_h @ _heads_as_batch(u).transpose(-1, -2)  # (b, g, r, c, t, t)
-        dG = (dM * L).sum(2)  # (b, g, c, t, t)
-        P = dM.mul_(M)  # d/d(s_t - s_r), (b, g, r, c, t, t)
+        du_h = torch.einsum("bgrctj,bgrctp->bgrcjp", M, dy_h)
+        dM = torch.einsum("bgrctp,bgrcjp->bgrctj", dy_h, _heads_as_batch(u))
+        dG = (dM * L).sum(2)  # (b, g, c, t, j)
+        P = dM.mul_(M)  # d/d(s_t - s_j), (b, g, r, c, t, j)
         ds += P.sum(-1) - P.sum(-2)
-        dC += dG @ Bc
-        dB += dG.transpose(-1, -2) @ Cc
-        # s = cumsum(delta A) inside each chunk: da_r = sum_{t >= r} ds_t
+        dC += torch.einsum("bgctj,bgcjn->bgctn", dG, Bc)
+        dB += torch.einsum("bgctj,bgctn->bgcjn", dG, Cc)
+        # s = cumsum(delta A) inside each chunk: da_j = sum_{t >= j} ds_t
         da = ds.flip(-1).cumsum(-1).flip(-1).permute(0, 3, 4, 1, 2)  # (b, c, t, g, r)
         du = du_cols.permute(0, 2, 3, 1, 4, 5) + du_h.permute(0, 3, 4, 1, 2, 5)  # (b,c,t,g,r,p)
         dx = du * dc.unsqueeze(-1)

@@ -30,10 +30,15 @@ def ssd_ref(
     h0: Tensor,
     keep: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """x (b, l, h, p), delta (b, l, h), A (h,), B, C (b, l, g, n), h0 (b, h, p, n).
+    """The SSD recurrence, one step at a time (axes as in :mod:`ssmkit._typing`).
 
-    ``keep`` (b, l): 0 where a packed sequence starts (state reset before that step).
-    Returns y (b, l, h, p) without D and z, and the final state (b, h, p, n).
+    Args:
+        x: (b, l, h, p) inputs. delta: (b, l, h) step sizes. A: (h,) scalar A per head.
+        B, C: (b, l, g, n), shared by the heads of a group. h0: (b, h, p, n) initial state.
+        keep: (b, l) 0 where a packed sequence starts (state reset before that step).
+
+    Returns:
+        y (b, l, h, p) without D and z, and the final state (b, h, p, n).
     """
     heads = x.shape[2]
     B, C = expand_head_groups(B, heads), expand_head_groups(C, heads)  # (b, l, h, n)
@@ -44,8 +49,8 @@ def ssd_ref(
     # unbind once: per-step slicing would make every step's backward touch the whole tensor
     steps = zip(*(t.unbind(1) for t in (x, delta, B, C, keep)), strict=True)
     for x_t, dl, B_t, C_t, k_t in steps:
-        decay = (torch.exp(dl * A) * k_t[:, None])[..., None, None]  # (b, h, 1, 1)
-        inp = (dl.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(-2)  # (b, h, p, n)
-        state = decay * state + inp
-        ys.append((state * C_t.unsqueeze(-2)).sum(-1))  # (b, h, p)
+        decay = torch.exp(dl * A) * k_t[:, None]  # (b, h)
+        state = torch.einsum("bh,bhpn->bhpn", decay, state)
+        state = state + torch.einsum("bh,bhp,bhn->bhpn", dl, x_t, B_t)  # + delta_t x_t B_t^T
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, C_t))  # h_t C_t
     return torch.stack(ys, dim=1), state

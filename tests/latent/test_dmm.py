@@ -127,7 +127,7 @@ def test_encoder_equals_gru_over_each_flipped_sequence():
     mask = torch.arange(8)[None] < torch.tensor(lengths)[:, None]
     h = model.encode(torch.where(mask[..., None], x, 0.0), mask)
     for i, L in enumerate(lengths):
-        out, _ = model.rnn(x[i : i + 1, :L].flip(1))
+        out, _ = model.encoder.rnn(x[i : i + 1, :L].flip(1))
         torch.testing.assert_close(h[i, :L], out[0].flip(0), rtol=1e-12, atol=1e-12)
 
 

@@ -90,7 +90,7 @@ def test_gpvae_prior_elbo_and_prediction():
     F_c, _, H, _, _ = model.prior()
     assert F_c.shape == (6, 6) and H.shape == (2, 6)
     assert float(F_c[0, 3:].abs().sum()) == 0.0  # independent channels: block diagonal
-    assert_close(model.lengthscale, torch.full((2,), 0.5, dtype=F64))
+    assert_close(model.lengthscale, torch.full((2,), 0.5, dtype=F64), rtol=1e-6, atol=0)
     b, u = 2, 11
     times = torch.linspace(0, 3, u, dtype=F64)
     values = randn(b, u, 3, seed=1)

@@ -20,8 +20,9 @@ from tests.probabilistic.brute import random_model
 def _y(b, l, o, seed=0, missing=True):
     y = torch.randn(b, l, o, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     if missing:
-        y[0, 2, 0] = float("nan")
-        y[-1, -1] = float("nan")
+        y[0, min(2, l - 1), 0] = float("nan")  # one entry of a vector
+        if l > 1:  # a whole step (at l = 1 that series would have no observation)
+            y[-1, -1] = float("nan")
     return y
 
 

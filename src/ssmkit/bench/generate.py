@@ -75,24 +75,23 @@ def generate_cases(s: Settings) -> Iterator[list[Row]]:
             decoders = {"step decode": (model, model.step), "bf16 step decode": (half, half.step)}
             per: dict[str, list[float]] = {k: [] for k in decoders}
             logits: dict[str, Tensor] = {}
-            growth = None
+            growth: dict[str, float | None] = {k: None for k in decoders}
             for m, step in decoders.values():  # warm-up
                 _rollout(m, step, prompt, 2)
             for r in range(max(s.repeat, 1)):  # interleaved rounds
                 for name, (m, step) in decoders.items():
                     ref_path = name == "step decode"
                     forced = None if ref_path else logits["step decode"].argmax(-1)
-                    times, out, rss = _rollout(m, step, prompt, tokens, ref_path, forced)
+                    times, out, rss = _rollout(m, step, prompt, tokens, True, forced)
                     per[name].append(sorted(times)[len(times) // 2] * 1e3)
                     logits[name] = out
                     if rss and None not in rss and r == 0:
-                        growth = (rss[1] - rss[0]) / 1024
+                        growth[name] = (rss[1] - rss[0]) / 1024
         ref = sorted(per["step decode"])[len(per["step decode"]) // 2]
         rows = []
         for name in decoders:
             ms = sorted(per[name])[len(per[name]) // 2]
-            row = Row("generate", case, name, ms, None, growth if name == "step decode" else None,
-                      speedup=ref / ms)  # fmt: skip
+            row = Row("generate", case, name, ms, None, growth[name], speedup=ref / ms)
             row.note = f"{1e3 / ms:.1f} tokens/s"
             rows.append(row)
         diff = (logits["bf16 step decode"] - logits["step decode"]).abs().max()

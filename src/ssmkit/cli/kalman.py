@@ -252,7 +252,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     signal = sm.m[0] @ res.model.H.reshape(-1, sm.m.shape[-1])[0]  # (l,) H x_t
     png = plot_forecast(
         y[0, :, 0], signal.detach(), fc.mean[0, :, 0], fc.lower[0, :, 0], fc.upper[0, :, 0],
-        time_axis(series.index, series.index_name, args.horizon), out / "forecast.png",
+        time_axis(series.index, series.index_name, args.horizon, y.shape[1]), out / "forecast.png",
         f"{model_name(args)} model of {series.columns[0]}", series.columns[0], args.level,
     )  # fmt: skip
     print(f"plot written to {png}")

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ssmkit.core.checks import check_choice, check_int, check_tensor
+from ssmkit.core.checks import check_choice, check_int, check_tensor, values_checked
 from ssmkit.core.hippo import nplr
 
 Tensor = torch.Tensor
@@ -136,7 +136,7 @@ def log_uniform_dt(
 def inverse_softplus(x: Tensor) -> Tensor:
     """y with softplus(y) = x, for x > 0: y = x + log(-expm1(-x)) (stable for large x)."""
     check_tensor("x", x)
-    if not bool((x > 0).all()):
+    if values_checked(x) and not bool((x > 0).all()):
         raise ValueError("x must be > 0 everywhere for inverse_softplus")
     return x + torch.log(-torch.expm1(-x))
 

@@ -36,6 +36,7 @@ from ssmkit.core.checks import (
     values_checked,
 )
 from ssmkit.core.discretize import discretize_dplr
+from ssmkit.core.dtypes import real_dtype
 from ssmkit.core.kernels_dplr import (
     cauchy_adjoint,
     cauchy_ref,
@@ -276,7 +277,7 @@ def kernel_dplr(
 
     Lam, Bf, Cf = flat(Lambda, (n,)), flat(B, (n,)), flat(C_tilde, (n,))
     Pf, Qc = flat(P, (r, n)), flat(Q, (r, n)).conj()
-    half_dt = flat(dt, (), cdtype.to_real()) / 2  # (B,)
+    half_dt = flat(dt, (), real_dtype(cdtype)) / 2  # (B,)
     X = torch.cat(  # (B, j, n), j = (1 + r)^2: numerators of the Cauchy sums
         [
             (Cf * Bf).unsqueeze(-2),

@@ -25,6 +25,7 @@ from torch import nn
 from ssmkit.core.checks import check_choice, check_finite, check_tensor
 from ssmkit.layers.base import (
     SequenceLayer,
+    apply_factory,
     check_lengths,
     check_sequence,
     check_step_input,
@@ -95,6 +96,8 @@ class CausalSelfAttention(SequenceLayer):
         rope_base: base of the rotary position angles.
         bias: biases of in_proj and out_proj.
         backend: "sdpa" (``scaled_dot_product_attention``) or "ref" (:func:`attention_ref`).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -104,6 +107,8 @@ class CausalSelfAttention(SequenceLayer):
         rope_base: float = 10000.0,
         bias: bool = False,
         backend: str = "sdpa",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("d_model", d_model), ("n_heads", n_heads)):
@@ -119,6 +124,7 @@ class CausalSelfAttention(SequenceLayer):
         self.rope_base = float(rope_base)
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        apply_factory(self, device, dtype)
 
     def initial_state(self, batch: int) -> KVCache:
         """An empty cache (no tokens seen)."""

@@ -44,6 +44,25 @@ class SequenceLayer(nn.Module):
         raise NotImplementedError
 
 
+def apply_factory(
+    module: nn.Module, device: torch.device | str | None, dtype: torch.dtype | None
+) -> None:
+    """Move a freshly built layer to the ``device=``/``dtype=`` factory arguments it was given.
+
+    Layers take these as ``torch.nn.Linear`` does; building under ``with torch.device(...)``
+    works too. ``dtype`` must be a floating dtype; it applies to floating parameters and
+    buffers only.
+    """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    if device is not None:
+        module.to(device=torch.device(device))
+    if dtype is not None:
+        module.to(dtype=dtype)
+
+
 def check_sequence(name: str, x: Tensor, d_model: int, dtype: torch.dtype | None = None) -> Tensor:
     """Validate a (b, l, d) float input with d = ``d_model``, length >= 1 and finite values.
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from ssmkit.layers.base import (
     SequenceLayer,
+    apply_factory,
     check_lengths,
     check_overflow,
     check_sequence,
@@ -61,6 +62,8 @@ class BiMamba(SequenceLayer):
         backend: selective-scan backend ("auto", "ref", "chunked", "numba").
         polarize, mimetic: the recall fixes of :class:`~ssmkit.layers.mamba.Mamba`, in both
             branches.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -75,6 +78,8 @@ class BiMamba(SequenceLayer):
         backend: str = "auto",
         polarize: bool = False,
         mimetic: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(shared, bool):
@@ -90,6 +95,7 @@ class BiMamba(SequenceLayer):
             branch = Mamba(d_model, **options)
             branch.in_proj, branch.out_proj = None, None  # the projections are shared
             self.backward_branch = branch
+        apply_factory(self, device, dtype)
 
     def forward(
         self,

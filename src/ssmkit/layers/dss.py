@@ -21,6 +21,7 @@ from ssmkit.core.checks import check_choice, check_int
 from ssmkit.core.discretize import discretize_diag
 from ssmkit.core.init import log_uniform_dt, s4d_init
 from ssmkit.core.params import SSM_LR, ssm_parameter
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
 
 KERNELS = ("exp", "softmax")
@@ -37,6 +38,8 @@ class DSS(LTILayer):
         l_max: the normalisation length of the softmax kernel (the training length).
         dt_min, dt_max: range of the log-uniform initial step sizes.
         mode, bidirectional, block, lr: as for :class:`ssmkit.layers.S4D`.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -51,6 +54,8 @@ class DSS(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, MODES, mode, bidirectional, block)
         self.kind = check_choice("kernel", kernel, KERNELS)
@@ -63,6 +68,7 @@ class DSS(LTILayer):
         self.log_dt = ssm_parameter(nn.Parameter(torch.log(log_uniform_dt(h, dt_min, dt_max))), lr)
         W = torch.randn(self.directions, h, n, dtype=torch.complex64)
         self.W = nn.Parameter(torch.view_as_real(W).clone())
+        apply_factory(self, device, dtype)
 
     def system(self) -> System:
         Lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (h, n)

@@ -21,7 +21,13 @@ from torch import nn
 
 from ssmkit.core.checks import check_int
 from ssmkit.core.params import SSM_LR
-from ssmkit.layers.base import SequenceLayer, check_sequence, check_step_input, length_mask
+from ssmkit.layers.base import (
+    SequenceLayer,
+    apply_factory,
+    check_sequence,
+    check_step_input,
+    length_mask,
+)
 from ssmkit.layers.dss import DSS
 from ssmkit.layers.lti import BlockConfig
 
@@ -43,6 +49,8 @@ class GSS(SequenceLayer):
         mode: the DSS's mode, "conv" (training) or "scan".
         bidirectional: a bidirectional DSS (no recurrent state then).
         lr: learning-rate cap of the DSS's Lambda and dt.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class GSS(SequenceLayer):
         mode: str = "conv",
         bidirectional: bool = False,
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.d_model = check_int("d_model", d_model, minimum=1)
@@ -69,6 +79,7 @@ class GSS(SequenceLayer):
         )  # fmt: skip
         self.W_uc = nn.Linear(d_ssm, d_gate)
         self.W_o = nn.Linear(d_gate, d_model)
+        apply_factory(self, device, dtype)
 
     @property
     def mode(self) -> str:

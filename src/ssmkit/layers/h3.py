@@ -27,6 +27,7 @@ from ssmkit.core.checks import check_int
 from ssmkit.core.params import SSM_LR
 from ssmkit.layers.base import (
     SequenceLayer,
+    apply_factory,
     check_lengths,
     check_sequence,
     check_state_tuple,
@@ -62,6 +63,8 @@ class H3(SequenceLayer):
         dt_min, dt_max: range of the log-uniform initial step sizes of the diagonal SSM.
         mode: the diagonal SSM's mode, "conv" (training) or "scan".
         lr: learning-rate cap of the diagonal SSM's A, dt and B.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -75,6 +78,8 @@ class H3(SequenceLayer):
         dt_max: float = 1e-1,
         mode: str = "conv",
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.d_model = check_int("d_model", d_model, minimum=1)
@@ -92,6 +97,7 @@ class H3(SequenceLayer):
             lr=lr,
         )  # fmt: skip
         self.W_O = nn.Linear(d_model, d_model)
+        apply_factory(self, device, dtype)
 
     @property
     def mode(self) -> str:

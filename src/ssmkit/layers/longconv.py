@@ -25,6 +25,7 @@ from torch import nn
 
 from ssmkit.core.checks import check_int
 from ssmkit.core.params import SSM_LR, ssm_parameter
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import BlockConfig, LTILayer, System
 
 Tensor = torch.Tensor
@@ -64,6 +65,8 @@ class LongConv(LTILayer):
         bidirectional: a second, anti-causal kernel (non-causal tasks).
         block: activation, dropout and output map around the convolution.
         lr: learning-rate cap of the kernel taps (see :func:`ssmkit.param_groups`).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -76,6 +79,8 @@ class LongConv(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, ("conv",), "conv", bidirectional, block)
         self.l_max = check_int("l_max", l_max, minimum=1)
@@ -92,6 +97,7 @@ class LongConv(LTILayer):
         std = init_scale / math.sqrt(l_max)
         taps = torch.randn(self.directions, d_model, l_max) * std  # (k, h, L)
         self.K_raw = ssm_parameter(nn.Parameter(taps), lr)
+        apply_factory(self, device, dtype)
 
     def kernel(self, L: int) -> Tensor:
         """The regularised kernels (k, h, min(L, l_max)); k = 2 when bidirectional."""

@@ -16,6 +16,7 @@ from torch import nn
 from ssmkit.core.checks import check_int
 from ssmkit.core.init import lru_lambda, lru_ring_init
 from ssmkit.core.params import SSM_LR, ssm_parameter
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import BlockConfig, LTILayer, System
 
 
@@ -30,6 +31,8 @@ class LRU(LTILayer):
         bidirectional: add an anti-causal pass with its own C.
         block: activation, dropout and output map around the recurrence.
         lr: learning-rate cap of nu_log, theta_log, gamma_log (no weight decay).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -42,6 +45,8 @@ class LRU(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, ("scan",), "scan", bidirectional, block)
         check_int("N", N, minimum=1)
@@ -54,6 +59,7 @@ class LRU(LTILayer):
         C = torch.randn(self.directions, h, N, dtype=torch.complex64) / math.sqrt(N)
         self.B = nn.Parameter(torch.view_as_real(B).clone())
         self.C = nn.Parameter(torch.view_as_real(C).clone())
+        apply_factory(self, device, dtype)
 
     def system(self) -> System:
         lam = lru_lambda(self.nu_log, self.theta_log)  # (n,)

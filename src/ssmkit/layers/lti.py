@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ssmkit.core.checks import check_choice
+from ssmkit.core.dtypes import real_dtype
 from ssmkit.core.fftconv import fftconv, fftconv_bidirectional
 from ssmkit.core.kernels import kernel_diag, power_sum
 from ssmkit.layers.base import (
@@ -97,7 +98,7 @@ class System:
 
     def inject(self, u: Tensor) -> Tensor:
         """B_bar u: (..., h) -> (..., *s)."""
-        bu = lti_ref.inject(u.to(self.B_bar.dtype.to_real()), self.B_bar, self.mimo)
+        bu = lti_ref.inject(u.to(real_dtype(self.B_bar.dtype)), self.B_bar, self.mimo)
         return bu if self.gain is None else bu * self.gain
 
     def readout(self, x: Tensor, k: int = 0) -> Tensor:
@@ -150,6 +151,21 @@ class LTILayer(SequenceLayer):
         else:
             self.output = nn.Identity()
         self._step_cache: tuple[tuple, System] | None = None
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> LTILayer:
+        """Refuse a half-precision conversion (``.to(torch.bfloat16)``, ``.half()``) up front.
+
+        The SSM parameters are complex numbers stored as (..., 2) real pairs and the kernels
+        run in complex arithmetic, which PyTorch has only in single and double precision.
+        """
+        probe = fn(torch.empty(0, dtype=self.D.dtype, device=self.D.device))  # the target dtype
+        if isinstance(probe, Tensor) and probe.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"{type(self).__name__} needs float32 or float64 parameters (its SSM runs in "
+                f"complex arithmetic), got a conversion to {probe.dtype}; keep the layer in "
+                "float32 and use torch.autocast for mixed precision"
+            )
+        return super()._apply(fn, recurse)
 
     # -- what a subclass defines ------------------------------------------------------------
 
@@ -299,7 +315,7 @@ class LTILayer(SequenceLayer):
     ) -> tuple[Tensor, Tensor | None]:
         """A diagonal time-invariant system through :func:`ssmkit.ops.lti_scan`: inject,
         recurrence and readout fused, no (b, l, *s) states kept (on CPU with numba)."""
-        u = u.to(sys.state_dtype.to_real())
+        u = u.to(real_dtype(sys.state_dtype))
         y, last = lti_scan(u, sys.A_bar, sys.B_bar, sys.C[0], state, sys.conj, lengths)
         if self.bidirectional:  # anti-causal: y_t += C x'_{t+1}, x'_t = A x'_{t+1} + B u_t
             y_back, _ = lti_scan(u.flip(1), sys.A_bar, sys.B_bar, sys.C[1], None, sys.conj)

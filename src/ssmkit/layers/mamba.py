@@ -39,10 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.dtypes import full_precision
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
 from ssmkit.layers.base import (
     SequenceLayer,
+    apply_factory,
     check_lengths,
     check_overflow,
     check_sequence,
@@ -94,6 +96,8 @@ class Mamba(SequenceLayer):
         polarize: fix state channel n-2 to A_bar = 1 and channel n-1 to A_bar = 0 (needs
             d_state >= 3).
         mimetic: attention-like initialisation (W_C = W_B, A = -MIMETIC_A).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -114,6 +118,8 @@ class Mamba(SequenceLayer):
         causal: bool = True,
         polarize: bool = False,
         mimetic: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
@@ -164,6 +170,7 @@ class Mamba(SequenceLayer):
         ssm_parameter(self.dt_proj.bias, lr=None)
         if reorder:  # K of the importance score s_l = K^T (S_Delta x_l + b_Delta)
             self.K = nn.Parameter(torch.empty(d_inner).uniform_(-(d_inner**-0.5), d_inner**-0.5))
+        apply_factory(self, device, dtype)
 
     def initial_state(self, batch: int) -> MambaState:
         device = self.A_log.device
@@ -306,7 +313,7 @@ class Mamba(SequenceLayer):
                 C.split([self.d_state - 1, 1], -1),
             )
             h0 = None if h0 is None else h0[..., :-1]
-        with torch.autocast(xs.device.type, enabled=False):
+        with full_precision(xs.device):
             if backend == "step":
                 y, h = selective_scan_ref(
                     xs_w, delta, A, B.unsqueeze(2), C.unsqueeze(2), h0.to(work)

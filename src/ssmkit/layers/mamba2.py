@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.dtypes import full_precision
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
 from ssmkit.layers.base import (
     SequenceLayer,
+    apply_factory,
     check_lengths,
     check_overflow,
     check_sequence,
@@ -58,6 +60,8 @@ class Mamba2(SequenceLayer):
         bias, conv_bias: biases of in/out_proj and of conv1d.
         norm_eps: epsilon of the gated RMSNorm.
         backend: ssd backend ("auto", "ref", "chunked").
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -77,6 +81,8 @@ class Mamba2(SequenceLayer):
         conv_bias: bool = True,
         norm_eps: float = 1e-5,
         backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         d_inner = expand * d_model
@@ -100,6 +106,7 @@ class Mamba2(SequenceLayer):
         self.D = ssm_parameter(nn.Parameter(torch.ones(h)), lr=None)
         self.norm = RMSNorm(d_inner, norm_eps, group_size=d_inner // ngroups)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        apply_factory(self, device, dtype)
 
     def initial_state(self, batch: int) -> Mamba2State:
         device = self.A_log.device
@@ -154,7 +161,7 @@ class Mamba2(SequenceLayer):
         gn = self.ngroups * self.d_state
         xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         work = torch.promote_types(xs.dtype, torch.float32)
-        with torch.autocast(xs.device.type, enabled=False):
+        with full_precision(xs.device):
             delta = F.softplus(dt.to(work) + self.dt_bias.to(work)).clamp(*self.dt_limit)
             if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
                 delta = delta * mask

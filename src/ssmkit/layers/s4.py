@@ -32,6 +32,7 @@ from ssmkit.core.kernels import (
     kernel_dplr,
 )
 from ssmkit.core.params import SSM_LR, ssm_parameter
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
 
 Tensor = torch.Tensor
@@ -52,6 +53,8 @@ class S4(LTILayer):
         bidirectional, block, lr: as for :class:`ssmkit.layers.S4D`.
         kernel_backend: backend of :func:`ssmkit.core.kernels.kernel_dplr` ("auto", "ref",
             "adjoint"); the same kernel and gradients, "ref" has the slower backward.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -68,6 +71,8 @@ class S4(LTILayer):
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
         kernel_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, MODES, mode, bidirectional, block)
         self.discretization = check_choice("discretization", discretization, DISCRETIZATIONS)
@@ -86,6 +91,7 @@ class S4(LTILayer):
         self.log_dt = ssm_parameter(nn.Parameter(torch.log(log_uniform_dt(h, dt_min, dt_max))), lr)
         C_tilde = torch.randn(self.directions, h, n, dtype=torch.complex64)
         self.C_tilde = nn.Parameter(torch.view_as_real(C_tilde).clone())
+        apply_factory(self, device, dtype)
 
     def _parts(self) -> tuple[Tensor, ...]:
         Lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (h, n)

@@ -14,6 +14,7 @@ from ssmkit.core.checks import check_choice, check_int
 from ssmkit.core.discretize import discretize_diag
 from ssmkit.core.init import log_uniform_dt, s4d_init
 from ssmkit.core.params import SSM_LR, ssm_parameter
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
 
 INITS = ("legs", "inv", "lin", "real")
@@ -33,6 +34,8 @@ class S4D(LTILayer):
         bidirectional: add an anti-causal SSM (second C).
         block: activation, dropout and output map around the SSM.
         lr: learning-rate cap of A, dt and B (see :func:`ssmkit.param_groups`).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -47,6 +50,8 @@ class S4D(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, MODES, mode, bidirectional, block)
         check_choice("init", init, INITS)
@@ -73,6 +78,7 @@ class S4D(LTILayer):
             self.C = nn.Parameter(torch.view_as_real(C).clone())
         dt = log_uniform_dt(h, dt_min, dt_max)
         self.log_dt = ssm_parameter(nn.Parameter(torch.log(dt)), lr)
+        apply_factory(self, device, dtype)
 
     def system(self) -> System:
         A = -torch.exp(self.log_A_real)

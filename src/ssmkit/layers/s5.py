@@ -20,7 +20,7 @@ from ssmkit.core.checks import check_choice, check_finite, check_tensor, values_
 from ssmkit.core.discretize import discretize_diag
 from ssmkit.core.init import log_uniform_dt, s5_init
 from ssmkit.core.params import SSM_LR, ssm_parameter
-from ssmkit.layers.base import check_state, check_step_input
+from ssmkit.layers.base import apply_factory, check_state, check_step_input
 from ssmkit.layers.lti import BlockConfig, LTILayer, System
 
 Tensor = torch.Tensor
@@ -39,6 +39,8 @@ class S5(LTILayer):
         bidirectional: add an anti-causal pass with its own C.
         block: activation, dropout and output map around the SSM.
         lr: learning-rate cap of Lambda, dt and B.
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -52,12 +54,16 @@ class S5(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, ("scan",), "scan", bidirectional, block)
         self.discretization = check_choice("discretization", discretization, DISCRETIZATIONS)
-        Lam, V, V_inv = s5_init(N, blocks)  # (N,), (N, N), (N, N)
-        keep = Lam.imag > 0  # one mode of each conjugate pair
-        Lam, V, V_inv = Lam[keep], V[:, keep], V_inv[keep]
+        here = torch.get_default_device()  # meta under ``with torch.device("meta")``
+        with torch.device("cpu"):  # an eigendecomposition: needs values, also when on meta
+            Lam, V, V_inv = s5_init(N, blocks)  # (N,), (N, N), (N, N)
+            keep = Lam.imag > 0  # one mode of each conjugate pair
+            Lam, V, V_inv = (t.to(here) for t in (Lam[keep], V[:, keep], V_inv[keep]))
         n, h = Lam.shape[0], d_model
         self.log_Lambda_real = ssm_parameter(nn.Parameter(torch.log(-Lam.real)), lr)
         self.Lambda_imag = ssm_parameter(nn.Parameter(Lam.imag.clone()), lr)
@@ -66,6 +72,7 @@ class S5(LTILayer):
         self.B = ssm_parameter(nn.Parameter(torch.view_as_real(V_inv @ B.to(V.dtype))), lr)
         C = torch.randn(self.directions, h, N) / math.sqrt(N)
         self.C = nn.Parameter(torch.view_as_real(C.to(V.dtype) @ V).clone())
+        apply_factory(self, device, dtype)
 
     def _parts(self) -> tuple[Tensor, Tensor, Tensor]:
         Lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (n,)

@@ -37,7 +37,7 @@ from torch import nn
 from ssmkit.core.checks import check_int
 from ssmkit.core.fftconv import fftconv
 from ssmkit.core.params import SSM_LR, ssm_parameter
-from ssmkit.layers.base import check_sequence
+from ssmkit.layers.base import apply_factory, check_sequence
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
 
 Tensor = torch.Tensor
@@ -105,6 +105,8 @@ class SpaceTime(LTILayer):
         bidirectional: add an anti-causal SSM (second C; no recurrent state then).
         block: activation, dropout and output map around the SSM.
         lr: learning-rate cap of a and B (see :func:`ssmkit.param_groups`).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
     """
 
     def __init__(
@@ -116,6 +118,8 @@ class SpaceTime(LTILayer):
         bidirectional: bool = False,
         block: BlockConfig = BlockConfig(),
         lr: float | None = SSM_LR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(d_model, MODES, mode, bidirectional, block)
         self.N = check_int("N", N, minimum=1)
@@ -125,6 +129,7 @@ class SpaceTime(LTILayer):
         self.B = ssm_parameter(nn.Parameter(torch.randn(h, N) / math.sqrt(N)), lr)
         self.C = nn.Parameter(torch.randn(k, h, N) / math.sqrt(N))
         self.K = nn.Parameter(torch.zeros(h, N)) if closed_loop else None
+        apply_factory(self, device, dtype)
 
     def system(self) -> System:
         return System(companion(self.a), self.B, self.C, conj=False, dense=True)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ssmkit.core.checks import check_tensor
+from ssmkit.layers.base import apply_factory
 from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
@@ -92,9 +93,22 @@ class MambaBackbone(nn.Module):
 
 
 class MambaLM(GenerationMixin, nn.Module):
-    """Mamba language model with streaming ``forward``/``step`` and ``generate``."""
+    """Mamba language model with streaming ``forward``/``step`` and ``generate``.
 
-    def __init__(self, cfg: MambaConfig, backend: str = "auto") -> None:
+    Args:
+        cfg: the architecture.
+        backend: scan backend of every layer ("auto", "ref", ...).
+        device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
+            are created and their floating dtype.
+    """
+
+    def __init__(
+        self,
+        cfg: MambaConfig,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if not isinstance(cfg, MambaConfig):
             raise TypeError(f"cfg must be a MambaConfig, got {type(cfg).__name__}")
@@ -105,6 +119,7 @@ class MambaLM(GenerationMixin, nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
+        apply_factory(self, device, dtype)
 
     def initial_state(self, batch: int) -> list[MambaState]:
         return [layer.mixer.initial_state(batch) for layer in self.backbone.layers]

@@ -5,7 +5,9 @@ fast ones. ``backend="auto"`` picks the available backend with the highest prior
 input's device; ``backend="ref"`` or any registered name forces that implementation. Unknown
 names are errors that list the valid ones. A backend may also run on ``explicit_devices`` only
 when named (Triton kernels on CPU tensors under Triton's interpreter: a test vehicle, never a
-choice of ``"auto"``).
+choice of ``"auto"``). On the ``meta`` device (shape propagation) and while ``torch.compile``
+traces, ``"auto"`` picks the best ``traceable`` backend (pure PyTorch): numba kernels have no
+meta implementation and would break the compiled graph.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Backend:
     is_available: Callable[[], bool] = field(default=lambda: True)
     explicit_devices: frozenset[str] = frozenset()  # reached only by name there, never "auto"
     needs: str = ""  # what is_available() requires, named in the error when it is False
+    traceable: bool = False  # pure PyTorch: runs on meta tensors and traces with torch.compile
 
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
@@ -46,6 +49,7 @@ def register(
     is_available: Callable[[], bool] | None = None,
     explicit_devices: tuple[str, ...] = (),
     needs: str = "",
+    traceable: bool = False,
 ) -> Backend:
     """Register ``fn`` as backend ``name`` of operator ``op``; re-registering a name is an error."""
     table = _REGISTRY.setdefault(op, {})
@@ -63,6 +67,7 @@ def register(
         is_available=is_available or (lambda: True),
         explicit_devices=frozenset(explicit_devices),
         needs=needs,
+        traceable=traceable,
     )
     table[name] = backend
     return backend
@@ -91,6 +96,12 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Backend:
     table = _REGISTRY[op]
     check_choice(f"backend for {op}", backend, ["auto", *sorted(table)])
     dev = torch.device(device).type
+    if backend == "auto" and (dev == "meta" or torch.compiler.is_compiling()):
+        best = None  # a plain loop: dynamo traces it
+        for b in table.values():
+            if b.traceable and (best is None or b.priority > best.priority):
+                best = b
+        return best
     if backend == "auto":
         usable = backends(op, dev)
         if not usable:
@@ -98,6 +109,7 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Backend:
         return usable[0]
     chosen = table[backend]
     runs_here = dev in chosen.devices or dev in chosen.explicit_devices
+    runs_here = runs_here or (dev == "meta" and chosen.traceable)
     if not runs_here or not chosen.is_available():
         usable = [b.name for b in backends(op, dev)]
         why = f" (it needs {chosen.needs})" if runs_here and chosen.needs else ""

@@ -232,14 +232,21 @@ def sarima_spec(
         )
     # the intercept is optimised in units of the data's spread, so that one step of the
     # optimiser moves it about as far as the other parameters; each exog coefficient in
-    # units of spread(w) / spread(its differenced regressor)
+    # units of spread(w) / spread(its differenced regressor), so that a unit step moves
+    # beta^T x by about spread(w). The spread is the standard deviation with an intercept
+    # (which absorbs the mean), else the root mean square: without an intercept a regressor
+    # that differencing makes constant (a time trend under d = 1) acts as one, with std 0
+    # (rounding noise, which put ~1e9 units in one step) but rms |constant|.
     scale = float(torch.nan_to_num(w.flatten()[~torch.isnan(w.flatten())].std(), nan=1.0))
     scale = scale if scale > 0 else 1.0
     beta0 = torch.zeros(kx, dtype=y.dtype)
     beta_scale = torch.ones(kx, dtype=y.dtype)
     if kx:
         xd = _difference(exog.to(y.dtype), delta)  # (b, l - k, kx)
-        beta_scale = scale / xd.flatten(0, 1).std(0).nan_to_num(1.0).clamp_min(1e-12)
+        rms = xd.flatten(0, 1).square().mean(0).sqrt()  # (kx,)
+        spread = xd.flatten(0, 1).std(0).nan_to_num(0.0) if c else rms
+        spread = torch.where(spread > 1e-8 * rms, spread, rms)  # constant: its size
+        beta_scale = scale / torch.where(spread > 0, spread, torch.ones_like(spread))
         ok = ~torch.isnan(w.flatten())
         X = xd.flatten(0, 1)[ok]
         if c:

@@ -87,16 +87,19 @@ class TimeAxis:
     name: str  # the x axis label
 
 
-def time_axis(index: Sequence[str] | None, name: str | None, horizon: int) -> TimeAxis:
+def time_axis(
+    index: Sequence[str] | None, name: str | None, horizon: int, length: int | None = None
+) -> TimeAxis:
     """The index column of a CSV (``Series.index``) continued ``horizon`` steps ahead.
 
     Integers (years) with a constant step continue by that step; ISO dates (YYYY-MM-DD or
     YYYY-MM) continue by a constant number of months when every date falls on the same day (at
     most the 28th) of its month (monthly, quarterly, yearly data), else by a constant number
     of days (daily, weekly). Anything else
-    (no index, text labels, an irregular spacing) gives step numbers 0, 1, ... and no labels.
+    (no index, text labels, an irregular spacing) gives step numbers 0, 1, ... and no labels;
+    ``length`` is the number of past steps when there is no index (default ``len(index)``).
     """
-    n = len(index or ())
+    n = len(index) if index else (length or 0)
     past = _parse(index) if index and n >= 2 else None
     future = None if past is None else _continue(past, horizon)
     if future is None:

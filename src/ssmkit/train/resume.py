@@ -9,6 +9,7 @@ records up to the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -87,10 +88,10 @@ def check_resume(run: RunConfig, run_dir: Path, index: dict, log: Callable[[str]
     if saved is None:  # a version-1 checkpoint, or saved without one: nothing recorded
         log(f"note: {run_dir}'s checkpoint records no configuration; comparing with config.json")
         saved = on_disk
-    try:  # fields added to a config since the checkpoint was written read as their defaults
+    # fields added to a config since the checkpoint was written read as their defaults; a
+    # record that does not parse is compared as it is (the differences are listed below)
+    with contextlib.suppress(ValueError, TypeError):
         saved = RunConfig.from_json(saved).to_json()
-    except (ValueError, TypeError):
-        pass  # compared as recorded: the differences are listed below
     problems = []
     written_by = index.get("ssmkit_version", __version__)
     if written_by != __version__:

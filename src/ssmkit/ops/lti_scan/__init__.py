@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ssmkit.core.checks import check_finite, check_tensor, values_checked
+from ssmkit.core.dtypes import real_dtype
 from ssmkit.ops import registry, triton_support
 from ssmkit.ops.lti_scan import cpu_numba, triton_backend
 from ssmkit.ops.lti_scan.ref import inject, lti_scan_ref, readout
@@ -23,7 +24,12 @@ Tensor = torch.Tensor
 __all__ = ["inject", "lti_scan", "lti_scan_ref", "readout"]
 
 registry.register(
-    "lti_scan", "ref", lti_scan_ref, priority=0, description="inject, scan (all states), readout"
+    "lti_scan",
+    "ref",
+    lti_scan_ref,
+    priority=0,
+    description="inject, scan (all states), readout",
+    traceable=True,
 )
 registry.register(
     "lti_scan",
@@ -122,7 +128,7 @@ def _check(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, conj: bool) -> tu
                 f"{name} must have shape {kind} = {shapes[name]}, got shape {tuple(M.shape)}"
             )
     for name, M in (("A_bar", A_bar), ("B_bar", B_bar), ("C", C)):
-        if not (M.is_floating_point() or M.is_complex()) or M.dtype.to_real() != u.dtype:
+        if not (M.is_floating_point() or M.is_complex()) or real_dtype(M.dtype) != u.dtype:
             raise TypeError(
                 f"{name} must be real or complex of u's precision ({u.dtype}), got {M.dtype}"
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ssmkit.core.dtypes import full_precision
 from ssmkit.ops.scan import scan
 
 Tensor = torch.Tensor
@@ -21,7 +22,7 @@ def inject(u: Tensor, B_bar: Tensor, mimo: bool) -> Tensor:
     if mimo:  # a real u times a complex B: two real products, not one complex one
         if B_bar.is_complex():
             # in the SSM's precision even under autocast (there is no bfloat16 complex)
-            with torch.autocast(u.device.type, enabled=False):
+            with full_precision(u.device):
                 u = u.to(B_bar.real.dtype)
                 return torch.complex(u @ B_bar.real.T, u @ B_bar.imag.T)  # (b, l, n)
         return u @ B_bar.T

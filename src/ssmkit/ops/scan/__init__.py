@@ -27,9 +27,16 @@ def _fast(kernel):
     return run
 
 
-registry.register("scan", "ref", scan_ref, priority=0, description="sequential loop (definition)")
 registry.register(
-    "scan", "chunked", _fast(scan_chunked), priority=10, description="two-level chunked, O(l)"
+    "scan", "ref", scan_ref, priority=0, description="sequential loop (definition)", traceable=True
+)
+registry.register(
+    "scan",
+    "chunked",
+    _fast(scan_chunked),
+    priority=10,
+    description="two-level chunked, O(l)",
+    traceable=True,
 )
 registry.register(
     "scan",
@@ -37,6 +44,7 @@ registry.register(
     _fast(scan_associative),
     priority=5,
     description="Hillis-Steele log-depth, O(l log l)",
+    traceable=True,
 )
 
 

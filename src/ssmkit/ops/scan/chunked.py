@@ -68,10 +68,12 @@ def scan_chunked(
     # (3) rescan every chunk from its incoming state, writing the output.
     h = carry
     for i in steps:
-        h = torch.addcmul(b_c[:, :, i], a_c[:, :, i], h, out=o_c[:, :, i])
+        h = torch.addcmul(b_c[:, :, i], a_c[:, :, i], h)
+        o_c[:, :, i] = h
     # the tail (fewer than t steps), continuing from the body's last state
     last = out_body[:, 0] if reverse else out_body[:, -1]
     tail = range(length - body - 1, -1, -1) if reverse else range(body, length)
     for i in tail:
-        last = torch.addcmul(b[:, i], a[:, i], last, out=out[:, i])
+        last = torch.addcmul(b[:, i], a[:, i], last)
+        out[:, i] = last
     return out

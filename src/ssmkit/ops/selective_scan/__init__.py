@@ -29,7 +29,12 @@ __all__ = ["selective_scan", "selective_scan_chunked", "selective_scan_ref"]
 COLD_REF_MAX = 2**22
 
 registry.register(
-    "selective_scan", "ref", selective_scan_ref, priority=0, description="loop (definition)"
+    "selective_scan",
+    "ref",
+    selective_scan_ref,
+    priority=0,
+    description="loop (definition)",
+    traceable=True,
 )
 registry.register(
     "selective_scan",
@@ -37,6 +42,7 @@ registry.register(
     selective_scan_chunked,
     priority=10,
     description="pure PyTorch, chunked two-level scan with recomputation",
+    traceable=True,
 )
 registry.register(
     "selective_scan",

@@ -30,13 +30,16 @@ Tensor = torch.Tensor
 
 __all__ = ["ssd", "ssd_chunked", "ssd_ref"]
 
-registry.register("ssd", "ref", ssd_ref, priority=0, description="loop (definition)")
+registry.register(
+    "ssd", "ref", ssd_ref, priority=0, description="loop (definition)", traceable=True
+)
 registry.register(
     "ssd",
     "chunked",
     ssd_chunked,
     priority=10,
     description="SSD chunked algorithm: batched matmuls, hand-written backward",
+    traceable=True,
 )
 registry.register(
     "ssd",

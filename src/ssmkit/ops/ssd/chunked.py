@@ -163,7 +163,7 @@ class _SSDChunked(torch.autograd.Function):
         states[:, :, 0] = h0.reshape(b, g, shape.r, p, n).permute(0, 1, 4, 2, 3)
         local = local.unflatten(-1, (shape.r, p))
         for k in range(shape.c):
-            torch.addcmul(local[:, :, k], states[:, :, k], dec[:, :, k], out=states[:, :, k + 1])
+            states[:, :, k + 1] = torch.addcmul(local[:, :, k], states[:, :, k], dec[:, :, k])
         prev = states[:, :, :-1].flatten(-2)  # (b, g, c, n, r p)
         state = states[:, :, -1]
         # 4. the entering state's part of y: exp(s_t) C_t S_{k-1}
@@ -195,7 +195,7 @@ class _SSDChunked(torch.autograd.Function):
         grads = dprev.new_empty(b, g, c + 1, n, r, p)
         grads[:, :, c] = dlast.reshape(b, g, r, p, n).permute(0, 1, 4, 2, 3)
         for k in reversed(range(c)):
-            torch.addcmul(dprev[:, :, k], grads[:, :, k + 1], dec[:, :, k], out=grads[:, :, k])
+            grads[:, :, k] = torch.addcmul(dprev[:, :, k], grads[:, :, k + 1], dec[:, :, k])
         dh0 = grads[:, :, 0].permute(0, 1, 3, 4, 2).reshape(b, g * r, p, n)
         dlocal = grads[:, :, 1:]  # (b, g, c, n, r, p)
         ddec = (dlocal * prev.unflatten(-1, (r, p))).sum((3, 5))  # (b, g, c, r)

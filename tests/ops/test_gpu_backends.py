@@ -13,7 +13,7 @@ import torch
 
 from ssmkit.ops import lti_scan, registry, selective_scan, ssd
 from ssmkit.testing import assert_close
-from tests.ops import ssd_problem, test_lti_scan, test_selective_scan
+from tests.ops import test_lti_scan, test_selective_scan, test_ssd
 
 pytestmark = [
     pytest.mark.gpu,
@@ -59,7 +59,7 @@ def test_ssd_on_cuda(backend, L):
     def fn(be, x, dt, A, B, C, D, z, bias, h0):
         return ssd(x, dt, A, B, C, 64, D, z, bias, True, h0, True, backend=be)
 
-    inputs = ssd_problem.problem(b=2, l=L, h=4, p=16, n=16, g=2)
+    inputs = test_ssd.problem(b=2, l=L, h=4, p=16, n=16, g=2)
     _check(fn, inputs, backend)
 
 

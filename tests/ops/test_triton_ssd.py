@@ -19,7 +19,7 @@ import torch
 from ssmkit.ops import registry, ssd
 from ssmkit.ops.ssd.triton_backend import ssd_triton
 from ssmkit.testing import assert_close, grads, randn
-from tests.ops.ssd_problem import problem
+from tests.ops.test_ssd import problem
 
 
 def call(backend, chunk, reset=None):

@@ -10,7 +10,6 @@ of that number. Interpolation / extrapolation errors use ``latent.data.split_int
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +21,9 @@ from ssmkit.latent.data import (
     masked_mse,
     split_interp_extrap,
 )
-from ssmkit.latent.elbo import kl_anneal
 from ssmkit.latent.latent_ode import LatentODE
 from ssmkit.latent.latent_sde import LatentSDE
-from ssmkit.latent.train import Progress, TrainConfig, _step
+from ssmkit.latent.train import Progress, TrainConfig, fit_irregular
 
 
 @dataclass(frozen=True)
@@ -93,30 +91,7 @@ def train_latent_sde(
     ``config`` None means ``TrainConfig()``.
     """
     config = TrainConfig() if config is None else config
-    torch.manual_seed(config.seed)
-    g = torch.Generator().manual_seed(config.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    n = train.values.shape[0]
-    history = []
-    start = time.perf_counter()
-    for epoch in range(config.epochs):
-        beta = kl_anneal(epoch, config.kl_warmup_epochs, config.kl_start)
-        enc, _, _ = split_interp_extrap(train, t_split, seed=config.seed + 1 + epoch)
-        model.train()
-        total, count = 0.0, 0.0
-        for idx in torch.randperm(n, generator=g).split(config.batch_size):
-            terms = model.elbo(
-                train.times, train.values[idx], train.mask[idx], encoder_mask=enc[idx],
-                kl_weight=beta, generator=g,
-            )  # fmt: skip
-            _step(model, opt, -terms.objective.sum() / terms.n_steps.sum(), config.grad_clip)
-            total += float(-terms.elbo.detach().sum())
-            count += float(terms.n_steps.sum())
-        history.append(total / count)
-        if progress is not None:
-            progress(f"epoch {epoch + 1:3d}/{config.epochs}  beta {beta:.2f}  "
-                     f"train -ELBO/obs {history[-1]:.4f}")  # fmt: skip
-    seconds = time.perf_counter() - start
+    history, seconds = fit_irregular(model, train, t_split, config, progress)
     m = evaluate_latent_sde(model, test, t_split, config.eval_samples * 2, config.seed)
     return LatentSDEResult(
         heldout_nelbo=heldout_elbo(model, test, config.eval_samples, config.seed), **m,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ssmkit.core.checks import check_int
 from ssmkit.latent.data import (
@@ -147,17 +148,17 @@ def evaluate_latent_ode(
     }
 
 
-def train_latent_ode(
-    model: LatentODE,
+def fit_irregular(
+    model: nn.Module,
     train: IrregularSeries,
-    test: IrregularSeries,
     t_split: float,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig,
     progress: Progress | None = None,
-) -> LatentODEResult:
-    """Fit a latent ODE; the encoder sees a random half of the points at t <= t_split (a new
-    draw every epoch) and the likelihood covers every observation, so the model learns both to
-    interpolate and to extrapolate. Evaluated on ``test`` with ``evaluate_latent_ode``."""
+) -> tuple[list[float], float]:
+    """The training loop of the models of irregular series (latent ODE and SDE, CDSSM, GP-VAE:
+    ``model.elbo(times, values, mask, encoder_mask=, kl_weight=, generator=)``): Adam on the
+    annealed ELBO; the encoder sees a random half of the points at t <= t_split, a new draw
+    every epoch. Returns the training -ELBO per observation of each epoch and the seconds."""
     torch.manual_seed(config.seed)
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -181,7 +182,21 @@ def train_latent_ode(
         if progress is not None:
             progress(f"epoch {epoch + 1:3d}/{config.epochs}  beta {beta:.2f}  "
                      f"train -ELBO/obs {history[-1]:.4f}")  # fmt: skip
-    seconds = time.perf_counter() - start
+    return history, time.perf_counter() - start
+
+
+def train_latent_ode(
+    model: LatentODE,
+    train: IrregularSeries,
+    test: IrregularSeries,
+    t_split: float,
+    config: TrainConfig = TrainConfig(),
+    progress: Progress | None = None,
+) -> LatentODEResult:
+    """Fit a latent ODE; the encoder sees a random half of the points at t <= t_split (a new
+    draw every epoch) and the likelihood covers every observation, so the model learns both to
+    interpolate and to extrapolate. Evaluated on ``test`` with ``evaluate_latent_ode``."""
+    history, seconds = fit_irregular(model, train, t_split, config, progress)
     m = evaluate_latent_ode(model, test, t_split, seed=config.seed)
     return LatentODEResult(**m, train_history=tuple(history), seconds=seconds)
 

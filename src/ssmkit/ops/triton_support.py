@@ -52,3 +52,21 @@ def check_launch(device: torch.device, kernel: object) -> None:
             "TRITON_INTERPRET=1 before triton and ssmkit's triton kernels are first imported "
             f"(TRITON_INTERPRET is {value!r}; use a CUDA tensor to run the compiled kernels)"
         )
+
+
+def register(op: str, fn: object, priority: int, description: str) -> None:
+    """Register ``fn`` as backend "triton" of ``op``: preferred by "auto" on CUDA; on CPU only
+    an explicit ``backend="triton"`` reaches it (Triton's interpreter: the tests)."""
+    from ssmkit.ops import registry
+
+    registry.register(
+        op,
+        "triton",
+        fn,
+        devices=("cuda",),
+        explicit_devices=("cpu",),
+        priority=priority,
+        description=description,
+        is_available=available,
+        needs=NEEDS,
+    )

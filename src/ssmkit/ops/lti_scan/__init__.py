@@ -40,16 +40,11 @@ registry.register(
     description="fused CPU kernels (numba), recomputing backward",
     is_available=cpu_numba.available,
 )
-registry.register(
+triton_support.register(
     "lti_scan",
-    "triton",
     triton_backend.lti_scan_triton,
-    devices=("cuda",),
-    priority=30,
-    description="fused GPU kernels (Triton), recomputing backward",
-    is_available=triton_backend.available,
-    explicit_devices=("cpu",),  # under Triton's interpreter, for tests
-    needs=triton_support.NEEDS,
+    30,
+    "fused GPU kernels (Triton), recomputing backward",
 )
 
 

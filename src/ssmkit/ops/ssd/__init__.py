@@ -41,16 +41,8 @@ registry.register(
     description="SSD chunked algorithm: batched matmuls, hand-written backward",
     traceable=True,
 )
-registry.register(
-    "ssd",
-    "triton",
-    ssd_triton,
-    devices=("cuda",),
-    explicit_devices=("cpu",),  # Triton's interpreter (TRITON_INTERPRET=1): tests only
-    priority=20,
-    description="SSD chunked algorithm as Triton kernels (tl.dot), forward and backward",
-    is_available=triton_support.available,
-    needs=triton_support.NEEDS,
+triton_support.register(
+    "ssd", ssd_triton, 20, "SSD chunked algorithm as Triton kernels (tl.dot), forward and backward"
 )
 
 

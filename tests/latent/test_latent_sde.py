@@ -174,3 +174,25 @@ def test_spirals_of_both_generators_share_the_batch_format():
     b = make_stochastic_spirals(3, n_grid=10, n_obs=4)
     assert a.values.shape == b.values.shape and a.values.dtype == b.values.dtype
     torch.testing.assert_close(a.times, b.times)
+
+
+@pytest.mark.parametrize("encoder", ["s4d", "lru", "mamba"])
+def test_layer_encoders_read_the_data_after_t_and_ignore_unobserved_values(encoder):
+    """ssmkit layers as the context encoder: ctx at grid time i depends only on the data at
+    times >= i (read backwards), junk at unobserved entries changes nothing, and every
+    parameter gets a gradient from the ELBO."""
+    torch.manual_seed(0)
+    data = make_stochastic_spirals(3, n_grid=12, n_obs=6)
+    model = LatentSDE(LatentSDEConfig(encoder=encoder)).double()
+    times, values, mask = data.times.double(), data.values.double(), data.mask
+    ctx, _, _ = model.encode(times, values, mask)
+    changed = values.clone()
+    changed[:, 0] = torch.where(mask[:, 0, None], changed[:, 0] + 1.0, changed[:, 0])
+    ctx2, _, _ = model.encode(times, changed, mask)
+    torch.testing.assert_close(ctx2[:, 1:], ctx[:, 1:])  # steps after 0 do not see step 0
+    assert mask[:, 0].any() and not torch.allclose(ctx2[:, 0], ctx[:, 0])
+    junk = torch.where(mask[..., None], values, torch.full_like(values, 1e6))
+    torch.testing.assert_close(model.encode(times, junk, mask)[0], ctx)
+    terms = model.elbo(times, values, mask)
+    (-terms.objective.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

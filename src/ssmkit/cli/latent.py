@@ -125,7 +125,7 @@ def _cmd_sde(args: argparse.Namespace) -> int:
     test = make_stochastic_spirals(args.n_test, **kw, seed=args.seed + 1)
     sde_cfg = LatentSDEConfig(
         latent_dim=args.latent_dim, context_dim=args.hidden, hidden=args.hidden,
-        prior=args.prior, method=args.method, step_size=args.step,
+        prior=args.prior, method=args.method, step_size=args.step, encoder=args.encoder,
     )  # fmt: skip
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed
@@ -287,6 +287,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     sde = lsub.add_parser("sde", help="latent SDE vs latent ODE on stochastic spirals")
     _common(sde, epochs=40, batch=16)
+    sde.add_argument("--encoder", default="gru", help=ENCODER_HELP + " (gru: Li et al.'s)")
     sde.add_argument("--n-train", type=int, default=128, help="training series")
     sde.add_argument("--n-test", type=int, default=64, help="held-out series")
     sde.add_argument("--n-grid", type=int, default=50, help="points of the time grid")

@@ -39,6 +39,7 @@ from torch import nn
 from ssmkit.core.checks import check_choice, check_int, check_tensor
 from ssmkit.core.sde import SDE_METHODS, BrownianTree, sdeint
 from ssmkit.latent.elbo import ElboTerms, gaussian_kl, gaussian_log_prob, sequential_elbo
+from ssmkit.latent.encoders import ENCODERS, SequenceEncoder
 from ssmkit.latent.latent_ode import check_irregular
 
 Tensor = torch.Tensor
@@ -58,6 +59,7 @@ class LatentSDEConfig:
     method: str = "euler"  # SDE scheme: euler (Euler-Maruyama) or milstein
     step_size: float = 0.1  # maximum solver step
     brownian_levels: int = 12  # depth of the Brownian tree (exact at 2^-levels of the window)
+    encoder: str = "gru"  # context encoder: "gru" (Li et al.) or an ssmkit layer: s4d, lru, mamba
 
     def __post_init__(self) -> None:
         for name in ("obs_dim", "latent_dim", "context_dim", "hidden"):
@@ -65,6 +67,7 @@ class LatentSDEConfig:
         check_int("brownian_levels", self.brownian_levels, minimum=1)
         check_choice("prior", self.prior, PRIORS)
         check_choice("method", self.method, SDE_METHODS)
+        check_choice("encoder", self.encoder, ENCODERS)
         for name in ("obs_std", "step_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
@@ -120,7 +123,10 @@ class LatentSDE(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.gru = nn.GRUCell(c.obs_dim + 2, c.context_dim)  # input [x, observed, dt]
+        if c.encoder == "gru":
+            self.gru = nn.GRUCell(c.obs_dim + 2, c.context_dim)  # input [x, observed, dt]
+        else:  # an ssmkit layer reads the same inputs backwards over the whole grid
+            self.seq = SequenceEncoder(c.encoder, c.obs_dim + 2, c.context_dim, "backward")
         self.to_z0 = nn.Linear(c.context_dim, 2 * c.latent_dim)
         self.prior = StableSDEPrior(c.prior, c.latent_dim, c.hidden)
         self.control = _mlp(c.latent_dim + 1 + c.context_dim, c.hidden, c.latent_dim)
@@ -135,21 +141,28 @@ class LatentSDE(nn.Module):
             times: (u,) grid; values: (b, u, d) with anything where unobserved; mask: (b, u).
 
         Returns:
-            ctx (b, u, c): the GRU state after reading the observations at times >= t_i
-            (backwards); q_mean, q_var (b, z) at t_0.
+            ctx (b, u, c): the encoder's state after reading the observations at times >= t_i
+            (backwards: the GRU of Li et al., or ``encoder``'s ssmkit layer); q_mean, q_var
+            (b, z) at t_0.
         """
         check_irregular(times, values, mask, self.config.obs_dim)
         x = torch.where(mask[..., None], values, torch.zeros_like(values))
         b, u, _ = x.shape
         gaps = torch.diff(times, append=times[-1:]).to(x.dtype)  # (u,) time to the next point
-        h = x.new_zeros(b, self.config.context_dim)
-        ctx = []
-        for i in reversed(range(u)):
-            obs = mask[:, i : i + 1]  # (b, 1)
-            inp = torch.cat([x[:, i], obs.to(x.dtype), gaps[i].expand(b, 1)], -1)
-            h = torch.where(obs, self.gru(inp, h), h)
-            ctx.append(h)
-        ctx_t = torch.stack(ctx[::-1], 1)  # (b, u, c)
+        if self.config.encoder != "gru":  # every grid step read, unobserved ones flagged 0
+            inp = torch.cat(
+                [x, mask[..., None].to(x.dtype), gaps[None, :, None].expand(b, u, 1)], -1
+            )
+            ctx_t = self.seq(inp)  # (b, u, c): the features after reading steps >= i backwards
+        else:
+            h = x.new_zeros(b, self.config.context_dim)
+            ctx = []
+            for i in reversed(range(u)):
+                obs = mask[:, i : i + 1]  # (b, 1)
+                inp = torch.cat([x[:, i], obs.to(x.dtype), gaps[i].expand(b, 1)], -1)
+                h = torch.where(obs, self.gru(inp, h), h)
+                ctx.append(h)
+            ctx_t = torch.stack(ctx[::-1], 1)  # (b, u, c)
         mean, raw = self.to_z0(ctx_t[:, 0]).chunk(2, -1)
         return ctx_t, mean, nn.functional.softplus(raw) + 1e-6
 

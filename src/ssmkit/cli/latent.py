@@ -63,8 +63,21 @@ def _cmd_dmm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_ode(args: argparse.Namespace) -> int:
+def _irregular_setup(args: argparse.Namespace) -> float:
+    """The commands on irregular series: check ``--t-split`` (default 0.7 ``--t-max``) before
+    any data or training, set the threads and the seed. Returns the split time."""
     import torch
+
+    t_split = args.t_split if args.t_split is not None else 0.7 * args.t_max
+    if not 0 < t_split < args.t_max:
+        raise ValueError(f"--t-split must lie in (0, --t-max = {args.t_max}), got {t_split}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return t_split
+
+
+def _cmd_ode(args: argparse.Namespace) -> int:
 
     from ssmkit.latent import (
         LatentODE,
@@ -74,12 +87,7 @@ def _cmd_ode(args: argparse.Namespace) -> int:
         train_latent_ode,
     )
 
-    t_split = args.t_split if args.t_split is not None else 0.7 * args.t_max
-    if not 0 < t_split < args.t_max:  # checked before the data and the training
-        raise ValueError(f"--t-split must lie in (0, --t-max = {args.t_max}), got {t_split}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    t_split = _irregular_setup(args)
     kw = {"n_grid": args.n_grid, "n_obs": args.n_obs, "t_max": args.t_max}
     train = make_spirals(args.n_train, **kw, seed=args.seed)
     test = make_spirals(args.n_test, **kw, seed=args.seed + 1)
@@ -106,19 +114,12 @@ def _cmd_ode(args: argparse.Namespace) -> int:
 def _cmd_sde(args: argparse.Namespace) -> int:
     import time
 
-    import torch
-
     from ssmkit.latent import LatentODE, LatentODEConfig, TrainConfig, train_latent_ode
     from ssmkit.latent.latent_sde import LatentSDE, LatentSDEConfig
     from ssmkit.latent.sde_data import make_stochastic_spirals
     from ssmkit.latent.sde_train import heldout_elbo, iid_gaussian_nll, train_latent_sde
 
-    t_split = args.t_split if args.t_split is not None else 0.7 * args.t_max
-    if not 0 < t_split < args.t_max:
-        raise ValueError(f"--t-split must lie in (0, --t-max = {args.t_max}), got {t_split}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    t_split = _irregular_setup(args)
     kw = {"n_grid": args.n_grid, "n_obs": args.n_obs, "t_max": args.t_max,
           "diffusion": args.diffusion}  # fmt: skip
     train = make_stochastic_spirals(args.n_train, **kw, seed=args.seed)
@@ -171,19 +172,12 @@ def _cmd_site_vae(args: argparse.Namespace) -> int:
     """``latent cdssm`` / ``latent gpvae``: a linear-SDE-prior VAE on irregular spirals."""
     import time
 
-    import torch
-
     from ssmkit.latent import TrainConfig, make_spirals, train_latent_ode
     from ssmkit.latent.cd_ssm import CDSSM, CDSSMConfig
     from ssmkit.latent.gpvae import GPVAE, GPVAEConfig
     from ssmkit.latent.sde_train import heldout_elbo, iid_gaussian_nll
 
-    t_split = args.t_split if args.t_split is not None else 0.7 * args.t_max
-    if not 0 < t_split < args.t_max:
-        raise ValueError(f"--t-split must lie in (0, --t-max = {args.t_max}), got {t_split}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    t_split = _irregular_setup(args)
     kw = {"n_grid": args.n_grid, "n_obs": args.n_obs, "t_max": args.t_max}
     train = make_spirals(args.n_train, **kw, seed=args.seed)
     test = make_spirals(args.n_test, **kw, seed=args.seed + 1)

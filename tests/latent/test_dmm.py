@@ -9,7 +9,7 @@ from torch import nn
 from ssmkit.latent import (
     DeepMarkovModel,
     DMMConfig,
-    TrainConfig,
+    LatentTrainConfig,
     gaussian_log_prob,
     make_nonlinear_sequences,
     train_dmm,
@@ -163,7 +163,7 @@ def test_training_beats_the_iid_baseline():
         DMMConfig(x_dim=6, z_dim=2, transition_dim=16, emission_dim=16, rnn_dim=16)
     )
     lines = []
-    cfg = TrainConfig(epochs=15, batch_size=32, lr=1e-2, kl_warmup_epochs=3)
+    cfg = LatentTrainConfig(epochs=15, batch_size=32, lr=1e-2, kl_warmup_epochs=3)
     res = train_dmm(model, train, test, cfg, progress=lines.append)
     assert len(lines) == 15 and "epoch" in lines[0]
     assert res.train_history[-1] < res.train_history[0]

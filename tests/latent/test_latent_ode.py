@@ -6,7 +6,7 @@ import torch
 from ssmkit.latent import (
     LatentODE,
     LatentODEConfig,
-    TrainConfig,
+    LatentTrainConfig,
     make_spirals,
     masked_mse,
     split_interp_extrap,
@@ -101,7 +101,7 @@ def test_training_tracks_the_spirals_beyond_the_data():
     cfg = LatentODEConfig(latent_dim=4, rec_dim=32, ode_hidden=32, decoder_hidden=32)
     res = train_latent_ode(
         LatentODE(cfg), train, test, t_split=3.5,
-        config=TrainConfig(epochs=30, batch_size=16, lr=1e-2, kl_warmup_epochs=2),
+        config=LatentTrainConfig(epochs=30, batch_size=16, lr=1e-2, kl_warmup_epochs=2),
     )  # fmt: skip
     _, _, extrap = split_interp_extrap(test, 3.5)
     zero_mse = masked_mse(torch.zeros_like(test.values), test.values, extrap)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssmkit.cli import latent as latent_cli
-from ssmkit.latent import TrainConfig, make_spirals, to_union_grid
+from ssmkit.latent import LatentTrainConfig, make_spirals, to_union_grid
 from ssmkit.latent.latent_sde import PRIORS, LatentSDE, LatentSDEConfig, StableSDEPrior
 from ssmkit.latent.sde_data import make_stochastic_spirals
 from ssmkit.latent.sde_train import heldout_elbo, iid_gaussian_nll, train_latent_sde
@@ -147,7 +147,9 @@ def test_short_training_improves_the_bound_and_beats_the_untrained_model():
     torch.manual_seed(0)
     model = LatentSDE(cfg)
     before = heldout_elbo(model, test, samples=2)
-    res = train_latent_sde(model, train, test, 3.5, TrainConfig(epochs=4, batch_size=8, lr=1e-2))
+    res = train_latent_sde(
+        model, train, test, 3.5, LatentTrainConfig(epochs=4, batch_size=8, lr=1e-2)
+    )
     assert res.heldout_nelbo < before and len(res.train_history) == 4
     assert res.train_history[-1] < res.train_history[0]
     assert math.isfinite(res.interp_mse) and math.isfinite(res.extrap_mse)

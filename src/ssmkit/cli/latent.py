@@ -28,10 +28,10 @@ def _cmd_dmm(args: argparse.Namespace) -> int:
     from ssmkit.latent import (
         DeepMarkovModel,
         DMMConfig,
-        TrainConfig,
         make_nonlinear_sequences,
         train_dmm,
     )
+    from ssmkit.latent import LatentTrainConfig as TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,10 +82,10 @@ def _cmd_ode(args: argparse.Namespace) -> int:
     from ssmkit.latent import (
         LatentODE,
         LatentODEConfig,
-        TrainConfig,
         make_spirals,
         train_latent_ode,
     )
+    from ssmkit.latent import LatentTrainConfig as TrainConfig
 
     t_split = _irregular_setup(args)
     kw = {"n_grid": args.n_grid, "n_obs": args.n_obs, "t_max": args.t_max}
@@ -114,7 +114,8 @@ def _cmd_ode(args: argparse.Namespace) -> int:
 def _cmd_sde(args: argparse.Namespace) -> int:
     import time
 
-    from ssmkit.latent import LatentODE, LatentODEConfig, TrainConfig, train_latent_ode
+    from ssmkit.latent import LatentODE, LatentODEConfig, train_latent_ode
+    from ssmkit.latent import LatentTrainConfig as TrainConfig
     from ssmkit.latent.latent_sde import LatentSDE, LatentSDEConfig
     from ssmkit.latent.sde_data import make_stochastic_spirals
     from ssmkit.latent.sde_train import heldout_elbo, iid_gaussian_nll, train_latent_sde
@@ -172,7 +173,8 @@ def _cmd_site_vae(args: argparse.Namespace) -> int:
     """``latent cdssm`` / ``latent gpvae``: a linear-SDE-prior VAE on irregular spirals."""
     import time
 
-    from ssmkit.latent import TrainConfig, make_spirals, train_latent_ode
+    from ssmkit.latent import LatentTrainConfig as TrainConfig
+    from ssmkit.latent import make_spirals, train_latent_ode
     from ssmkit.latent.cd_ssm import CDSSM, CDSSMConfig
     from ssmkit.latent.gpvae import GPVAE, GPVAEConfig
     from ssmkit.latent.sde_train import heldout_elbo, iid_gaussian_nll

@@ -23,7 +23,7 @@ from ssmkit.latent.data import (
 )
 from ssmkit.latent.latent_ode import LatentODE
 from ssmkit.latent.latent_sde import LatentSDE
-from ssmkit.latent.train import Progress, TrainConfig, fit_irregular
+from ssmkit.latent.train import LatentTrainConfig, Progress, fit_irregular
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,14 @@ def train_latent_sde(
     train: IrregularSeries,
     test: IrregularSeries,
     t_split: float,
-    config: TrainConfig | None = None,
+    config: LatentTrainConfig | None = None,
     progress: Progress | None = None,
 ) -> LatentSDEResult:
     """Fit a latent SDE by maximising the annealed ELBO; evaluate on ``test``.
 
-    ``config`` None means ``TrainConfig()``.
+    ``config`` None means ``LatentTrainConfig()``.
     """
-    config = TrainConfig() if config is None else config
+    config = LatentTrainConfig() if config is None else config
     history, seconds = fit_irregular(model, train, t_split, config, progress)
     m = evaluate_latent_sde(model, test, t_split, config.eval_samples * 2, config.seed)
     return LatentSDEResult(

@@ -33,7 +33,7 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LatentTrainConfig:
     """Optimisation settings shared by both models."""
 
     epochs: int = 30  # passes over the training set
@@ -99,7 +99,7 @@ def train_dmm(
     model: DeepMarkovModel,
     train: SequenceSet,
     test: SequenceSet,
-    config: TrainConfig = TrainConfig(),
+    config: LatentTrainConfig = LatentTrainConfig(),
     progress: Progress | None = None,
 ) -> DMMResult:
     """Fit a DMM by maximising the annealed ELBO; report the held-out NLL bound."""
@@ -152,7 +152,7 @@ def fit_irregular(
     model: nn.Module,
     train: IrregularSeries,
     t_split: float,
-    config: TrainConfig,
+    config: LatentTrainConfig,
     progress: Progress | None = None,
 ) -> tuple[list[float], float]:
     """The training loop of the models of irregular series (latent ODE and SDE, CDSSM, GP-VAE:
@@ -190,7 +190,7 @@ def train_latent_ode(
     train: IrregularSeries,
     test: IrregularSeries,
     t_split: float,
-    config: TrainConfig = TrainConfig(),
+    config: LatentTrainConfig = LatentTrainConfig(),
     progress: Progress | None = None,
 ) -> LatentODEResult:
     """Fit a latent ODE; the encoder sees a random half of the points at t <= t_split (a new
@@ -204,7 +204,7 @@ def train_latent_ode(
 __all__ = [
     "DMMResult",
     "LatentODEResult",
-    "TrainConfig",
+    "LatentTrainConfig",
     "dmm_nll_bound",
     "evaluate_latent_ode",
     "train_dmm",

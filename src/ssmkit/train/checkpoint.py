@@ -68,8 +68,14 @@ def file_in(folder: Path, name: object, where: str) -> Path:
     return path
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through ``.NAME.tmp-PID`` and rename; a failed write removes the temporary file."""
+def atomic_replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace ``path`` atomically with what ``write(tmp)`` writes to a temporary file.
+
+    The one atomic write of a run directory (tensors, JSON, metrics): ``write`` fills
+    ``.NAME.tmp-PID``, which is flushed to disk and renamed over ``path``, and the folder is
+    synced, so readers see the old or the new file, never half; a failed write removes the
+    temporary file.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -84,10 +90,11 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that readers see the old or the new file, never half."""
-    _write_atomically(Path(path), lambda tmp: tmp.write_bytes(payload))
+    atomic_replace(Path(path), lambda tmp: tmp.write_bytes(payload))
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as indented JSON to ``path``, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
@@ -159,7 +166,7 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     metadata = {**meta, "format": FORMAT, HASH_KEY: tensors_sha256(tensors)}
-    _write_atomically(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_replace(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ssmkit import data
+from ssmkit.core.kinds import TaskKind, task_kind
 from ssmkit.train import checkpoint as ckpt
-from ssmkit.train.objectives import batch_sums, finalize, primary_metric, token_counts
+from ssmkit.train.objectives import batch_sums, finalize, piece_sums
 from ssmkit.train.run import LoadedRun, rebuild_task
 
 Tensor = torch.Tensor
@@ -32,7 +33,7 @@ REPORT = ("extrapolation.json", "extrapolation.md", "extrapolation.png")
 def evaluate_chunked(
     model: torch.nn.Module,
     split: data.Split,
-    kind: str,
+    kind: str | TaskKind,
     batch_size: int,
     chunk: int,
     device: torch.device | str = "cpu",
@@ -48,6 +49,7 @@ def evaluate_chunked(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    kind = task_kind(kind)
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -62,24 +64,18 @@ def evaluate_chunked(
         x, y, lengths = split.x[rows], split.y[rows], split.lengths[rows]
         l = int(lengths.max())
         x, lengths = x[:, :l].to(device), lengths.to(device)
-        right = scored = None  # tokens: per-item counts summed over the pieces
+        counts = None  # per-item counts (TaskKind.item_counts) summed over the pieces
         for start, out in model.forward_chunks(x, lengths, chunk):
-            if kind not in ("tokens", "forecast"):
+            if not kind.per_step:  # one output per sequence, after the last piece
                 add(batch_sums(kind, out, y.to(device), lengths))
                 continue
             y_piece = y[:, start : start + out.shape[1]].to(device)
-            part = batch_sums(kind, out, y_piece, (lengths - start).clamp(min=0))
-            if kind == "tokens":
-                r, s = token_counts(out, y_piece)
-                right = r if right is None else right + r
-                scored = s if scored is None else scored + s
-                part = {k: part[k] for k in ("loss", "count", "correct")}
+            part, piece = piece_sums(kind, out, y_piece, (lengths - start).clamp(min=0))
             add(part)
-        if right is not None:
-            add({
-                "seq_correct": ((right == scored) & (scored > 0)).sum(),
-                "items": (scored > 0).sum(),
-            })  # fmt: skip
+            if piece is not None:
+                counts = piece if counts is None else tuple(map(torch.add, counts, piece))
+        if counts is not None:
+            add(kind.sequence_sums(*counts))
     model.train(was_training)
     return finalize(kind, sums) if sums else {}
 
@@ -130,7 +126,7 @@ def extrapolate(
         raise ValueError(f"n must be >= 1, got {n}")
     seed = int(cfg.seed) + 1 if seed is None else seed
     kind = run.task.spec.kind
-    metric = primary_metric(kind)
+    metric = task_kind(kind).metric
     records = []
     for L in lengths:
         overrides = {field: int(L), "n_train": 1, "n_val": 0, "n_test": n, "seed": seed}

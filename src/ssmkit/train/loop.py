@@ -5,32 +5,37 @@ the order ``randperm(N)`` drawn from a generator seeded with ``(seed, e)``; drop
 step ``s`` draws from a generator seeded with ``(seed, s, rank)``; the learning rate is a pure
 function of ``s``. A checkpoint therefore holds everything a bit-for-bit resume needs: weights,
 optimiser moments and the counters (epoch, batch within the epoch, step, running sums).
+
+:func:`train` is four parts: :func:`_setup` (device, task, model, optimiser, the run directory
+new or resumed), :func:`_train_epoch` (the optimiser steps of one epoch, with checkpoints),
+:func:`_validate` (validation, the best weights, the end-of-epoch checkpoint) and
+:func:`_finish` (test metrics and ``summary.json``). The run directory's files are named in
+:mod:`ssmkit.train.rundir`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ssmkit import data
+from ssmkit.core.kinds import TaskKind, task_kind
 from ssmkit.core.params import param_groups
-from ssmkit.data.base import spec_from_json, spec_to_json
 from ssmkit.layers.mamba import Mamba
-from ssmkit.models.sequence import IOSpec, SequenceModel
 from ssmkit.ops.selective_scan import cpu_numba
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train import distributed
+from ssmkit.train import rundir as rd
 from ssmkit.train.config import RunConfig, TrainConfig, available_device
-from ssmkit.train.objectives import batch_sums, better, finalize, primary_metric
+from ssmkit.train.objectives import batch_sums, finalize
 from ssmkit.train.progress import Progress
 from ssmkit.train.resume import (
     EXTENDABLE,
@@ -39,38 +44,10 @@ from ssmkit.train.resume import (
     prepare_dir,
     truncate_metrics,
 )
+from ssmkit.train.rundir import build_model
 
 Tensor = torch.Tensor
 Callback = Callable[[int, dict], None]
-PER_STEP = ("tokens", "forecast")  # task kinds whose targets have a length axis
-TASK_FILE = "task.json"  # the trained TaskSpec: vocabulary, classes, normalisation
-
-
-def read_spec(run_dir: Path) -> data.TaskSpec | None:
-    """The :class:`TaskSpec` saved in ``run_dir/task.json`` (None: a run saved before it was).
-
-    Raises:
-        ValueError: the file is not a valid spec (naming the file).
-    """
-    path = Path(run_dir) / TASK_FILE
-    if not path.exists():
-        return None
-    if not path.is_file():
-        raise ValueError(f"{path} must be a regular file")
-    try:
-        return spec_from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid task spec: {e}") from None
-
-
-def resolve_paths(run: RunConfig) -> RunConfig:
-    """``run`` with a relative ``task.path`` made absolute (against the current directory), so
-    that the saved run reads the same file from anywhere."""
-    path = getattr(run.task_config, "path", None)
-    if not isinstance(path, str) or Path(path).is_absolute():
-        return run
-    task_config = dataclasses.replace(run.task_config, path=str(Path(path).resolve()))
-    return dataclasses.replace(run, task_config=task_config)
 
 
 class TrainingInterruptedError(RuntimeError):
@@ -81,33 +58,14 @@ class TrainingInterruptedError(RuntimeError):
         self.step, self.signum = step, signum
 
 
-def io_spec(spec: data.TaskSpec) -> IOSpec:
-    """The model's inputs and outputs for a task."""
-    tokens = spec.input == "tokens"
-    return IOSpec(
-        head=spec.kind,
-        n_outputs=spec.n_outputs,
-        vocab_size=spec.vocab_size if tokens else None,
-        d_input=None if tokens else spec.d_input,
-        max_length=spec.max_length,
-        causal=spec.causal,
-    )
-
-
-def build_model(run: RunConfig, spec: data.TaskSpec) -> SequenceModel:
-    """The model of ``run``, initialised from its seed."""
-    torch.manual_seed(run.train.seed)
-    return SequenceModel(run.model, io_spec(spec))
-
-
 def get_batch(
-    split: data.Split, idx: Tensor, kind: str, device: torch.device
+    split: data.Split, idx: Tensor, kind: str | TaskKind, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Items ``idx`` of a split as (x, y, lengths), cut to their longest valid length."""
     lengths = split.lengths[idx]
     l = int(lengths.max()) if len(idx) else split.x.shape[1]
     x = split.x[idx, :l]
-    y = split.y[idx, :l] if kind in PER_STEP else split.y[idx]
+    y = split.y[idx, :l] if task_kind(kind).per_step else split.y[idx]
     return x.to(device), y.to(device), lengths.to(device)
 
 
@@ -116,8 +74,8 @@ def load_init(path: Path, model: torch.nn.Module) -> None:
     a ``.safetensors`` file, or a run directory's ``best.safetensors`` (else its checkpoint)."""
     if path.is_file():
         ckpt.load_weights(path, model)
-    elif (path / "best.safetensors").is_file():
-        ckpt.load_weights(path / "best.safetensors", model)
+    elif rd.RunDir(path).best.is_file():
+        ckpt.load_weights(rd.RunDir(path).best, model)
     elif ckpt.has_checkpoint(path):
         ckpt.load_checkpoint(path, model)
     else:
@@ -143,7 +101,11 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, split: data.Split, kind: str, batch_size: int, device: torch.device
+    model: torch.nn.Module,
+    split: data.Split,
+    kind: str | TaskKind,
+    batch_size: int,
+    device: torch.device,
 ) -> dict[str, float]:
     """Metrics of ``model`` on a whole split (in order, no dropout)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -201,6 +163,56 @@ def _diverged(step: int, loss: float, norm: Tensor, cfg: TrainConfig) -> str:
     )
 
 
+@dataclass
+class _Session:
+    """What one call of :func:`train` works with (built by :func:`_setup`).
+
+    ``state`` holds the counters a checkpoint saves (its keys are the checkpoint's ``meta``);
+    tokens / train_s / cpu_s count training steps only (no evaluation), for tokens per second.
+    """
+
+    run: RunConfig
+    files: rd.RunDir
+    task: data.TaskData
+    kind: TaskKind
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dist: distributed.Dist
+    per_epoch: int  # optimiser steps of a whole epoch
+    total: int  # optimiser steps of the whole run (the learning-rate schedule's span)
+    callbacks: Sequence[Callback]
+    state: dict
+    net: torch.nn.Module | None = None  # the model, wrapped for DDP under torchrun
+    bar: Progress | None = None
+    t_start: float = 0.0
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.run.train
+
+    def clock(self) -> float:
+        """Seconds of the run so far (across resumes)."""
+        return time.perf_counter() - self.t_start
+
+    def record(self, rec: dict) -> None:
+        """Append ``rec`` to ``metrics.jsonl`` and hand it to the callbacks (rank 0 only)."""
+        if not self.dist.main:
+            return
+        rd.append_record(self.files.root, rec)
+        for cb in self.callbacks:
+            cb(rec["step"], rec)
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0) and wait for every process."""
+        self.state["elapsed"] = self.clock()
+        if self.dist.main:
+            ckpt.save_checkpoint(
+                self.files.root, self.model, self.optimizer, dict(self.state), self.run.to_json()
+            )
+        distributed.barrier(self.dist)
+
+
 def train(
     run: RunConfig,
     run_dir: Path,
@@ -228,6 +240,28 @@ def train(
             device not on this machine, a run directory that is a file or not writable.
         CheckpointError: (a ValueError) a missing, corrupted or foreign checkpoint.
     """
+    s = _setup(run, Path(run_dir), resume, callbacks, log)
+    s.bar = Progress(progress if s.dist.main else "off")
+    s.t_start = time.perf_counter() - s.state["elapsed"]
+    s.net.train()
+    with _Signals() as signals:
+        while s.state["epoch"] < s.cfg.epochs and s.state["step"] < s.total:
+            epoch = s.state["epoch"]
+            _train_epoch(s, signals)
+            _validate(s, epoch)
+    summary = _finish(s)
+    distributed.shutdown(s.dist)
+    return summary
+
+
+def _setup(
+    run: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    callbacks: Sequence[Callback],
+    log: Callable[[str], None],
+) -> _Session:
+    """Device, task, model and optimiser of ``run``, and its directory, new or resumed."""
     cfg = run.train
     device = available_device(cfg.device, "device")
     if cfg.threads:
@@ -235,16 +269,13 @@ def train(
     dist = distributed.init(device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.rank % torch.cuda.device_count())
-    run_dir = Path(run_dir)
-    run = resolve_paths(run)
+    run = rd.resolve_paths(run)
     # on resume, the saved spec keeps the trained vocabulary even if the text file changed
-    task = data.build_task(run.task, run.task_config, read_spec(run_dir) if resume else None)
-    kind = task.spec.kind
+    task = data.build_task(run.task, run.task_config, rd.read_spec(run_dir) if resume else None)
     model = build_model(run, task.spec).to(device)
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.ssm_lr)
     for g in groups:
         g["base_lr"] = g["lr"]
-    optimizer = torch.optim.AdamW(groups)
     n_train = task.train.x.shape[0]
     if n_train < cfg.batch_size or cfg.batch_size < dist.world:
         raise ValueError(
@@ -252,160 +283,167 @@ def train(
             f"{dist.world} processes"
         )
     per_epoch = n_train // cfg.batch_size
-    total = (
-        per_epoch * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, per_epoch * cfg.epochs)
-    )
-    metric = primary_metric(kind)
-
-    # tokens / train_s / cpu_s: training steps only (no evaluation), for tokens per second
+    total = per_epoch * cfg.epochs
     state = {"step": 0, "epoch": 0, "batch": 0, "best": None, "best_epoch": -1, "elapsed": 0.0,
              "run_loss": 0.0, "run_n": 0, "tokens": 0, "train_s": 0.0, "cpu_s": 0.0}  # fmt: skip
-    metrics_path = run_dir / "metrics.jsonl"
+    s = _Session(
+        run=run,
+        files=rd.RunDir(run_dir),
+        task=task,
+        kind=task_kind(task.spec.kind),
+        model=model,
+        optimizer=torch.optim.AdamW(groups),
+        device=device,
+        dist=dist,
+        per_epoch=per_epoch,
+        total=min(cfg.max_steps, total) if cfg.max_steps else total,
+        callbacks=callbacks,
+        state=state,
+    )
     if resume:
-        saved = check_resume(run, run_dir, ckpt.read_index(run_dir), log)
-        state.update(ckpt.load_checkpoint(run_dir, model, optimizer))
-        if cfg.epochs < state["epoch"] or 0 < cfg.max_steps < state["step"]:
-            raise ValueError(
-                f"epochs={cfg.epochs}, max_steps={cfg.max_steps} would end {run_dir} before "
-                f"the {state['epoch']} epochs and {state['step']} steps it has made"
-            )
-        extended = {k: v for k, v in config_changes(saved, run.to_json()).items()
-                    if k in EXTENDABLE}  # fmt: skip
-        if dist.main:
-            for name in ckpt.clean_stale(run_dir):
-                log(f"removed {name} (left by an interrupted write)")
-            torn = truncate_metrics(metrics_path, state["step"], after_eval=state["batch"] == 0)
-            if torn:
-                log(f"dropped {torn} incomplete line(s) of {metrics_path.name}")
-            if extended:
-                ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
-        for k, (a, b) in extended.items():
-            log(f"{k}: {a} -> {b} (the learning-rate schedule now spans {total} steps)")
-        log(f"resuming {run_dir} at step {state['step']} (epoch {state['epoch'] + 1})")
+        _resume(s, log)
     elif cfg.init_from:  # fine-tuning / curriculum: same architecture, new task or length
         load_init(Path(cfg.init_from), model)
     if not resume and dist.main:
-        prepare_dir(run_dir)
-        if ckpt.has_checkpoint(run_dir):
-            raise ValueError(f"{run_dir} already holds a run; pass resume=True (--resume)")
-        ckpt.clean_stale(run_dir)
-        ckpt.atomic_write_json(run_dir / "config.json", run.to_json())
-        ckpt.atomic_write_json(run_dir / TASK_FILE, spec_to_json(task.spec))
-        metrics_path.write_text("")
+        _start_dir(s)
     distributed.barrier(dist)
-    net = DistributedDataParallel(model) if dist.world > 1 else model
-    bar = Progress(progress if dist.main else "off")
-
-    def record(rec: dict) -> None:
-        if not dist.main:
-            return
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        for cb in callbacks:
-            cb(rec["step"], rec)
-
-    def save() -> None:
-        if dist.main:
-            ckpt.save_checkpoint(run_dir, model, optimizer, dict(state), run.to_json())
-        distributed.barrier(dist)
-
+    s.net = DistributedDataParallel(model) if dist.world > 1 else model
     if device.type == "cpu" and any(isinstance(m, Mamba) for m in model.modules()):
         # the numba kernels compile in the background on first use, the first calls running
         # other backends meanwhile: training waits for them, so every step uses one backend
         # (bit-for-bit resume)
         cpu_numba.warm_up(torch.float32, wait=True)
-    t_start = time.perf_counter() - state["elapsed"]
-    net.train()
-    with _Signals() as signals:
-        while state["epoch"] < cfg.epochs and state["step"] < total:
-            epoch = state["epoch"]
-            order = torch.randperm(
-                n_train, generator=torch.Generator().manual_seed(_seed(cfg.seed, epoch))
-            )
-            bar.start_epoch(epoch + 1, cfg.epochs, per_epoch, state["batch"])
-            while state["batch"] < per_epoch and state["step"] < total:
-                b = state["batch"]
-                t_step, cpu_step = time.perf_counter(), time.process_time()
-                batch_idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                idx = batch_idx[dist.rank :: dist.world]
-                x, y, lengths = get_batch(task.train, idx, kind, device)
-                for g in optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * lr_factor(state["step"], total, cfg)
-                with (
-                    torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-                    autocast(device, cfg.precision),
-                ):
-                    torch.manual_seed(_seed(cfg.seed, state["step"], dist.rank))
-                    sums = batch_sums(kind, net(x, lengths=lengths), y, lengths)
-                count = distributed.all_sum(sums["count"].detach(), dist)
-                loss = sums["loss"] / count.clamp_min(1.0) * dist.world
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                # clipping at inf leaves the gradients as they are and gives their norm
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-                step_loss = float(
-                    distributed.all_sum(sums["loss"].detach(), dist) / count.clamp_min(1)
-                )
-                if not (math.isfinite(step_loss) and math.isfinite(float(norm))):
-                    raise FloatingPointError(_diverged(state["step"] + 1, step_loss, norm, cfg))
-                optimizer.step()
-                state["step"] += 1
-                state["batch"] += 1
-                state["run_loss"] += step_loss
-                state["run_n"] += 1
-                state["tokens"] += int(task.train.lengths[batch_idx].sum())
-                state["train_s"] += time.perf_counter() - t_step
-                state["cpu_s"] += time.process_time() - cpu_step
-                bar.update(step_loss, x.shape[0] * dist.world)
-                if state["step"] % cfg.log_every == 0:
-                    record({"split": "train", "step": state["step"], "epoch": epoch,
-                            "loss": state["run_loss"] / state["run_n"],
-                            "lr": optimizer.param_groups[0]["lr"],
-                            "time": time.perf_counter() - t_start})  # fmt: skip
-                    state["run_loss"], state["run_n"] = 0.0, 0
-                stop = distributed.all_sum(torch.tensor(float(signals.signum)), dist)
-                if stop > 0 or state["step"] % cfg.checkpoint_every == 0:
-                    state["elapsed"] = time.perf_counter() - t_start
-                    save()
-                if stop > 0:
-                    raise TrainingInterruptedError(state["step"], int(signals.signum) or int(stop))
-            if state["batch"] >= per_epoch:
-                state["epoch"] += 1
-                state["batch"] = 0
-            val = evaluate(model, task.val, kind, cfg.eval_batch_size, device)
-            record({"split": "val", "step": state["step"], "epoch": epoch, **val,
-                    "time": time.perf_counter() - t_start})  # fmt: skip
-            if val and better(metric, val[metric], state["best"]):
-                state["best"], state["best_epoch"] = val[metric], epoch
-                if dist.main:
-                    ckpt.save_weights(run_dir / "best.safetensors", model)
-            bar.end_epoch(
-                f"epoch {epoch + 1}/{cfg.epochs} step {state['step']} "
-                + " ".join(f"val_{k} {v:.4f}" for k, v in val.items())
-                + f" ({time.perf_counter() - t_start:.0f} s)"
-            )
-            state["elapsed"] = time.perf_counter() - t_start
-            save()
-    summary = _finish(run, run_dir, model, task, state, device, dist, record)
-    distributed.shutdown(dist)
-    return summary
+    return s
 
 
-def _finish(run, run_dir, model, task, state, device, dist, record) -> dict:
+def _start_dir(s: _Session) -> None:
+    """A new run: create its directory, refuse one holding a run, write config and spec."""
+    root = s.files.root
+    prepare_dir(root)
+    if ckpt.has_checkpoint(root):
+        raise ValueError(f"{root} already holds a run; pass resume=True (--resume)")
+    ckpt.clean_stale(root)
+    rd.write_config(root, s.run)
+    rd.write_spec(root, s.task.spec)
+    s.files.metrics.write_text("")
+
+
+def _resume(s: _Session, log: Callable[[str], None]) -> None:
+    """Restore the checkpoint of ``s``'s directory (refused if the configuration changed)."""
+    cfg, state, root = s.cfg, s.state, s.files.root
+    saved = check_resume(s.run, root, ckpt.read_index(root), log)
+    state.update(ckpt.load_checkpoint(root, s.model, s.optimizer))
+    if cfg.epochs < state["epoch"] or 0 < cfg.max_steps < state["step"]:
+        raise ValueError(
+            f"epochs={cfg.epochs}, max_steps={cfg.max_steps} would end {root} before "
+            f"the {state['epoch']} epochs and {state['step']} steps it has made"
+        )
+    extended = {k: v for k, v in config_changes(saved, s.run.to_json()).items()
+                if k in EXTENDABLE}  # fmt: skip
+    if s.dist.main:
+        for name in ckpt.clean_stale(root):
+            log(f"removed {name} (left by an interrupted write)")
+        torn = truncate_metrics(s.files.metrics, state["step"], after_eval=state["batch"] == 0)
+        if torn:
+            log(f"dropped {torn} incomplete line(s) of {s.files.metrics.name}")
+        if extended:
+            rd.write_config(root, s.run)
+    for k, (a, b) in extended.items():
+        log(f"{k}: {a} -> {b} (the learning-rate schedule now spans {s.total} steps)")
+    log(f"resuming {root} at step {state['step']} (epoch {state['epoch'] + 1})")
+
+
+def _train_epoch(s: _Session, signals: _Signals) -> None:
+    """The optimiser steps left in the current epoch; checkpoints every ``checkpoint_every``
+    steps and on a signal (then raises :class:`TrainingInterruptedError`)."""
+    cfg, state = s.cfg, s.state
+    order = torch.randperm(
+        s.task.train.x.shape[0],
+        generator=torch.Generator().manual_seed(_seed(cfg.seed, state["epoch"])),
+    )
+    s.bar.start_epoch(state["epoch"] + 1, cfg.epochs, s.per_epoch, state["batch"])
+    while state["batch"] < s.per_epoch and state["step"] < s.total:
+        b = state["batch"]
+        _train_step(s, order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+        stop = distributed.all_sum(torch.tensor(float(signals.signum)), s.dist)
+        if stop > 0 or state["step"] % cfg.checkpoint_every == 0:
+            s.save()
+        if stop > 0:
+            raise TrainingInterruptedError(state["step"], int(signals.signum) or int(stop))
+    if state["batch"] >= s.per_epoch:
+        state["epoch"] += 1
+        state["batch"] = 0
+
+
+def _train_step(s: _Session, batch_idx: Tensor) -> None:
+    """One optimiser step on the global batch ``batch_idx`` (this process's share of it)."""
+    cfg, state, dist, device = s.cfg, s.state, s.dist, s.device
+    t_step, cpu_step = time.perf_counter(), time.process_time()
+    x, y, lengths = get_batch(s.task.train, batch_idx[dist.rank :: dist.world], s.kind, device)
+    for g in s.optimizer.param_groups:
+        g["lr"] = g["base_lr"] * lr_factor(state["step"], s.total, cfg)
+    with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        autocast(device, cfg.precision),
+    ):
+        torch.manual_seed(_seed(cfg.seed, state["step"], dist.rank))
+        sums = batch_sums(s.kind, s.net(x, lengths=lengths), y, lengths)
+    count = distributed.all_sum(sums["count"].detach(), dist)
+    loss = sums["loss"] / count.clamp_min(1.0) * dist.world
+    s.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # clipping at inf leaves the gradients as they are and gives their norm
+    norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.grad_clip or math.inf)
+    step_loss = float(distributed.all_sum(sums["loss"].detach(), dist) / count.clamp_min(1))
+    if not (math.isfinite(step_loss) and math.isfinite(float(norm))):
+        raise FloatingPointError(_diverged(state["step"] + 1, step_loss, norm, cfg))
+    s.optimizer.step()
+    state["step"] += 1
+    state["batch"] += 1
+    state["run_loss"] += step_loss
+    state["run_n"] += 1
+    state["tokens"] += int(s.task.train.lengths[batch_idx].sum())
+    state["train_s"] += time.perf_counter() - t_step
+    state["cpu_s"] += time.process_time() - cpu_step
+    s.bar.update(step_loss, x.shape[0] * dist.world)
+    if state["step"] % cfg.log_every == 0:
+        s.record({"split": "train", "step": state["step"], "epoch": state["epoch"],
+                  "loss": state["run_loss"] / state["run_n"],
+                  "lr": s.optimizer.param_groups[0]["lr"], "time": s.clock()})  # fmt: skip
+        state["run_loss"], state["run_n"] = 0.0, 0
+
+
+def _validate(s: _Session, epoch: int) -> None:
+    """Validation after (a part of) ``epoch``: its record, the best weights, a checkpoint."""
+    state, metric = s.state, s.kind.metric
+    val = evaluate(s.model, s.task.val, s.kind, s.cfg.eval_batch_size, s.device)
+    s.record({"split": "val", "step": state["step"], "epoch": epoch, **val, "time": s.clock()})
+    if val and s.kind.better(val[metric], state["best"]):
+        state["best"], state["best_epoch"] = val[metric], epoch
+        if s.dist.main:
+            ckpt.save_weights(s.files.best, s.model)
+    s.bar.end_epoch(
+        f"epoch {epoch + 1}/{s.cfg.epochs} step {state['step']} "
+        + " ".join(f"val_{k} {v:.4f}" for k, v in val.items())
+        + f" ({s.clock():.0f} s)"
+    )
+    s.save()
+
+
+def _finish(s: _Session) -> dict:
     """Test metrics of the last and the best weights, and ``summary.json``."""
-    cfg, kind = run.train, task.spec.kind
-    last = evaluate(model, task.test, kind, cfg.eval_batch_size, device)
+    cfg, state, model, test = s.cfg, s.state, s.model, s.task.test
+    last = evaluate(model, test, s.kind, cfg.eval_batch_size, s.device)
     best = last
-    best_path = run_dir / "best.safetensors"
-    if best_path.exists():
+    if s.files.best.exists():
         final = ckpt.model_tensors(model)
-        ckpt.load_weights(best_path, model)
-        best = evaluate(model, task.test, kind, cfg.eval_batch_size, device)
+        ckpt.load_weights(s.files.best, model)
+        best = evaluate(model, test, s.kind, cfg.eval_batch_size, s.device)
         model.load_state_dict(final)
-    record({"split": "test", "step": state["step"], "epoch": state["epoch"], **best})
+    s.record({"split": "test", "step": state["step"], "epoch": state["epoch"], **best})
     summary = {
-        "task": run.task,
-        "layer": run.model.layer,
+        "task": s.run.task,
+        "layer": s.run.model.layer,
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": state["step"],
         "epochs": state["epoch"],
@@ -416,11 +454,11 @@ def _finish(run, run_dir, model, task, state, device, dist, record) -> dict:
         "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9)),
         "threads": torch.get_num_threads(),
         "best_epoch": state["best_epoch"] + 1,
-        "metric": primary_metric(kind),
+        "metric": s.kind.metric,
         "val_best": state["best"],
         "test": best,
         "test_last": last,
     }
-    if dist.main:
-        ckpt.atomic_write_json(run_dir / "summary.json", summary)
+    if s.dist.main:
+        ckpt.atomic_write_json(s.files.summary, summary)
     return summary

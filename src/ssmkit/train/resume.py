@@ -18,6 +18,7 @@ from pathlib import Path
 from ssmkit import __version__
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train.config import RunConfig
+from ssmkit.train.rundir import read_config
 
 EXTENDABLE = ("train.epochs", "train.max_steps")  # may change on resume, to extend a run
 
@@ -79,11 +80,7 @@ def check_resume(run: RunConfig, run_dir: Path, index: dict, log: Callable[[str]
     Raises:
         ValueError: listing every changed field, as ``section.field old -> new``.
     """
-    path = run_dir / "config.json"
-    try:
-        on_disk = RunConfig.from_json(json.loads(path.read_text())).to_json()
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"{path} is not a valid run configuration: {e}") from None
+    on_disk = read_config(run_dir).to_json()
     saved = index.get("config")
     if saved is None:  # a version-1 checkpoint, or saved without one: nothing recorded
         log(f"note: {run_dir}'s checkpoint records no configuration; comparing with config.json")

@@ -1,16 +1,20 @@
-"""Reading a run directory back: its configuration, its task and its trained model."""
+"""Reading a run directory back: its configuration, its task and its trained model.
+
+The files of a run directory and their readers are in :mod:`ssmkit.train.rundir`;
+``read_config`` and ``read_metrics`` are also importable from here.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ssmkit import data
 from ssmkit.models.sequence import SequenceModel
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train.config import RunConfig, available_device
-from ssmkit.train.loop import build_model, read_spec
+from ssmkit.train.rundir import RunDir, build_model, read_config, read_metrics, read_spec
 
+__all__ = ["LoadedRun", "load_run", "read_config", "read_metrics", "rebuild_task"]
 WEIGHTS = ("best", "last")
 
 
@@ -47,25 +51,6 @@ class LoadedRun:
         if self._task is None:
             self._task = rebuild_task(self.config, self.spec, self.overrides)
         return self._task
-
-
-def read_config(run_dir: Path) -> RunConfig:
-    """The :class:`RunConfig` saved in ``run_dir/config.json``, every field type-checked.
-
-    A data file it names (``task.path``) must be a regular file: the readers never open a
-    device, a pipe or a folder that a config they did not write points them to.
-    """
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{run_dir} is not an ssmkit run directory (no config.json)")
-    try:
-        run = RunConfig.from_json(json.loads(path.read_text()))
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not a valid run configuration: {e}") from None
-    data_path = getattr(run.task_config, "path", None)
-    if data_path is not None and Path(data_path).exists() and not Path(data_path).is_file():
-        raise ValueError(f"{path}: task.path must name a regular data file, got {data_path!r}")
-    return run
 
 
 # What a task's spec says about the model's input and output spaces: a rebuilt task must keep
@@ -111,7 +96,7 @@ def load_run(
     loaded = LoadedRun(run_dir, config, spec, model, task_overrides)
     if task_overrides:
         loaded.task  # noqa: B018  (check the overrides now, before the weights are read)
-    best = run_dir / "best.safetensors"
+    best = RunDir(run_dir).best
     if weights == "best" and best.exists():
         ckpt.load_weights(best, model)
     else:
@@ -147,16 +132,3 @@ def rebuild_task(
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` (a half-written last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    out = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out

@@ -1,8 +1,10 @@
 """Mamba-2: the SSD block (Dao and Gu 2024; arXiv 2405.21060).
 
-    in_proj -> (z, xBC, dt);  xBC -> causal depthwise conv1d -> SiLU -> (x, B, C)
-    delta = softplus(dt + dt_bias), clamped to dt_limit;  A = -exp(A_log), one per head
-    y = ssd(x by heads, delta, A, B, C, D) -> gated RMSNorm(y, z) -> out_proj
+    in_proj -> (z, xBC, dt_raw);  xBC -> causal depthwise conv1d -> SiLU -> (x, B, C)
+    dt = softplus(dt_raw + dt_bias), clamped to dt_limit;  A = -exp(A_log), one per head
+    y = ssd(x by heads, dt, A, B, C, D) -> gated RMSNorm(y, z) -> out_proj
+
+The step size dt is :func:`ssmkit.core.step_size.step_size`, shared with Mamba.
 
 Parameter names follow the reference implementation (``in_proj, conv1d, dt_bias, A_log, D,
 norm, out_proj``). The state is the conv window and the (h, p, n) SSM state per item.
@@ -20,6 +22,7 @@ from torch import nn
 from ssmkit.core.dtypes import full_precision
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
+from ssmkit.core.step_size import check_limit, step_size
 from ssmkit.layers.base import (
     SequenceLayer,
     apply_factory,
@@ -56,7 +59,7 @@ class Mamba2(SequenceLayer):
         ngroups: groups of heads sharing B and C.
         chunk_size: chunk length of the SSD algorithm.
         dt_min, dt_max, dt_init_floor: initial softplus(dt_bias) log-uniform in the range.
-        dt_limit: delta is clamped to this interval.
+        dt_limit: the step size dt is clamped to this interval (low, high), 0 <= low <= high.
         bias, conv_bias: biases of in/out_proj and of conv1d.
         norm_eps: epsilon of the gated RMSNorm.
         backend: ssd backend ("auto", "ref", "chunked").
@@ -93,7 +96,8 @@ class Mamba2(SequenceLayer):
             )
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.headdim, self.ngroups, self.nheads = headdim, ngroups, d_inner // headdim
-        self.chunk_size, self.dt_limit, self.backend = chunk_size, dt_limit, backend
+        self.chunk_size, self.backend = chunk_size, backend
+        self.dt_limit = check_limit(dt_limit)
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + self.nheads, bias=bias)
         self.conv1d = CausalConv1d(self.conv_dim, d_conv, bias=conv_bias)
@@ -133,11 +137,11 @@ class Mamba2(SequenceLayer):
         reset = packed_resets(cu_seqlens, b, l, lengths)
         if state is not None:
             self._check_state(state, b)
-        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt_raw = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], -1)
         xBC, conv_last = self.conv1d(xBC, None if state is None else state.conv, lengths, reset)
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)
         h0 = None if state is None else state.ssm
-        y, h = self._ssm(F.silu(xBC), dt, h0, mask, reset=reset)
+        y, h = self._ssm(F.silu(xBC), dt_raw, h0, mask, reset=reset)
         y = check_overflow(self, self.out_proj(self.norm(y, z)), x)
         if mask is not None:
             y = y * mask
@@ -152,36 +156,37 @@ class Mamba2(SequenceLayer):
 
     def _step_unchecked(self, x_t: Tensor, state: Mamba2State) -> tuple[Tensor, Mamba2State]:
         """:meth:`step` without validating its arguments, for callers that built them."""
-        z, xBC, dt = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], -1)
+        z, xBC, dt_raw = self.in_proj(x_t).split([self.d_inner, self.conv_dim, self.nheads], -1)
         xBC, conv = self.conv1d.step(xBC, state.conv)
-        y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt.unsqueeze(1), state.ssm, None, "step")
+        y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt_raw.unsqueeze(1), state.ssm, None, "step")
         return self.out_proj(self.norm(y[:, 0], z)), Mamba2State(conv, h)
 
-    def _ssm(self, xBC, dt, h0, mask, backend=None, reset=None):
+    def _ssm(self, xBC, dt_raw, h0, mask, backend=None, reset=None):
+        """SSD on the conv output xBC (b, l, conv_dim) with raw step sizes dt_raw (b, l, h)."""
         gn = self.ngroups * self.d_state
         xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         work = torch.promote_types(xs.dtype, torch.float32)
         with full_precision(xs.device):
-            delta = F.softplus(dt.to(work) + self.dt_bias.to(work)).clamp(*self.dt_limit)
-            if mask is not None:  # delta = 0 past the end: the state stays, nothing enters
-                delta = delta * mask
+            dt = step_size(dt_raw.to(work), self.dt_bias.to(work), self.dt_limit)  # (b, l, h)
+            if mask is not None:  # dt = 0 past the end: the state stays, nothing enters
+                dt = dt * mask
             if backend == "step":  # one token, checked state: the loop definition directly
                 x = xs.to(work).unflatten(-1, (self.nheads, self.headdim))  # (b, 1, h, p)
                 y, h = ssd_ref(
-                    x, delta, -torch.exp(self.A_log.to(work)),
+                    x, dt, -torch.exp(self.A_log.to(work)),
                     B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
                     C.to(work).unflatten(-1, (self.ngroups, self.d_state)), h0.to(work),
                 )  # fmt: skip
                 y = y + self.D.to(work).unsqueeze(-1) * x  # the skip term D x
                 return y.flatten(-2).to(xs.dtype), h
             y, h = ssd(
-                xs.to(work).unflatten(-1, (self.nheads, self.headdim)), delta,
+                xs.to(work).unflatten(-1, (self.nheads, self.headdim)), dt,
                 -torch.exp(self.A_log.to(work)),
                 B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
                 C.to(work).unflatten(-1, (self.ngroups, self.d_state)),
-                self.chunk_size, self.D.to(work),
+                chunk_size=self.chunk_size, D=self.D.to(work),
                 initial_state=None if h0 is None else h0.to(work),
-                return_final_state=True, backend=backend or self.backend, reset=reset,
+                return_final_state=True, reset=reset, backend=backend or self.backend,
             )  # fmt: skip
         return y.flatten(-2).to(xs.dtype), h
 

@@ -16,12 +16,18 @@ negative (the authors' ablation).
 The free values live in the raw ``x_proj.weight`` of the layer (so parameter names and
 checkpoint shapes do not change): the strict upper triangle of the B rows holds U, the first
 column of the C rows holds the pre-activations of d; the other raw entries are unused.
+
+A Mamba layer holds the option as a strategy object, :func:`bc_selection`: :class:`RawBC`
+(the plain layer) or :class:`SignedBC`, each with ``project(xs, x_proj)``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ssmkit.core.checks import check_choice, check_int, check_tensor
 
@@ -105,6 +111,53 @@ def x_proj_weight(raw: Tensor, dt_rank: int, d_state: int, bc_param: str) -> Ten
     return torch.cat([W_dt, S_B, S_C], dim=0)
 
 
+@dataclass(frozen=True)
+class RawBC:
+    """``bc_param="none"``: the B and C rows of x_proj are used as learned (Mamba)."""
+
+    bc_param: str = "none"
+
+    def weight(self, raw: Tensor) -> Tensor:
+        """The effective x_proj weight (dt_rank + 2 n, d_inner): the raw one."""
+        return raw
+
+    def project(self, xs: Tensor, x_proj: nn.Linear) -> Tensor:
+        """x_proj(xs): xs (..., d_inner) -> (..., dt_rank + 2 n)."""
+        return x_proj(xs)
+
+
+@dataclass(frozen=True)
+class SignedBC:
+    """``bc_param`` "positive", "negative" or "mixed": S_C = U, S_B = diag(d) U (module doc)."""
+
+    bc_param: str
+    dt_rank: int  # R: the first R rows of x_proj give dt_raw and are used as they are
+    d_state: int  # n: then n rows for B and n rows for C
+
+    def weight(self, raw: Tensor) -> Tensor:
+        """The effective x_proj weight (dt_rank + 2 n, d_inner), see :func:`x_proj_weight`."""
+        return x_proj_weight(raw, self.dt_rank, self.d_state, self.bc_param)
+
+    def project(self, xs: Tensor, x_proj: nn.Linear) -> Tensor:
+        """xs (..., d_inner) times the effective weight -> (..., dt_rank + 2 n)."""
+        return F.linear(xs, self.weight(x_proj.weight))
+
+
+def bc_selection(bc_param: str, dt_rank: int, d_state: int, d_inner: int) -> RawBC | SignedBC:
+    """The B/C parameterisation strategy of a Mamba layer, checked against its sizes.
+
+    Args:
+        bc_param: "none", "positive", "negative" or "mixed" (:data:`BC_PARAMS`).
+        dt_rank: R, the rank of the dt projection. d_state: n. d_inner: channels of the scan.
+
+    Returns:
+        An object with ``weight(raw)`` (the effective x_proj weight) and
+        ``project(xs, x_proj)`` (the selection projection), and its ``bc_param``.
+    """
+    check_bc_param(bc_param, d_state, d_inner)
+    return RawBC() if bc_param == "none" else SignedBC(bc_param, dt_rank, d_state)
+
+
 def input_output_matrix(S_B: Tensor, S_C: Tensor) -> Tensor:
     """M = S_C^T S_B, (d_inner, d_inner): the matrix whose spectrum decides the token dynamics."""
     return S_C.transpose(-1, -2) @ S_B
@@ -113,7 +166,10 @@ def input_output_matrix(S_B: Tensor, S_C: Tensor) -> Tensor:
 __all__ = [
     "BC_PARAMS",
     "MARGIN",
+    "RawBC",
+    "SignedBC",
     "bc_from_raw",
+    "bc_selection",
     "bc_signs",
     "check_bc_param",
     "input_output_matrix",

@@ -10,14 +10,17 @@ of tokens that concentrates on the i-th ranked token as tau -> 0 (the hard sort,
 importance scores s_l = K^T (S_Delta x_l + b_Delta) to reorder tokens before a Mamba scan.
 
 Reordering mixes the whole sequence, so a layer that uses it is not causal. Cost: O(l^2)
-memory and time per item, fine for short windows.
+memory and time per item, fine for short windows. :class:`ReorderedMamba` is that layer.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ssmkit.core.checks import check_finite, check_positive, check_tensor, values_checked
+from ssmkit.layers.mamba import Mamba, MambaState
 
 Tensor = torch.Tensor
 
@@ -104,4 +107,79 @@ def importance_scores(dt_pre: Tensor, K: Tensor) -> Tensor:
     return dt_pre @ K
 
 
-__all__ = ["hard_sort", "importance_scores", "soft_sort"]
+class ReorderedMamba(Mamba):
+    """Mamba with its tokens sorted by importance before the selection (Vo et al. 2024).
+
+    The importance of token l is s_l = K^T (S_Delta x_l + b_Delta), with the layer's dt
+    projection (S_Delta, b_Delta) and a learned K (d_inner,). The SoftSort permutation P of the
+    scores (tau = 1, :func:`soft_sort`) reorders the conv output and the gate before dt, B and
+    C are computed; the scan output is mapped back with P^T (exact for a hard permutation; the
+    authors' vision code leaves it in sorted order). It mixes the whole sequence, so it needs
+    ``causal=False`` (classification) and refuses streaming (``state``, ``return_state``,
+    ``cu_seqlens``, ``step``).
+
+    Build it as ``Mamba(..., reorder=True, causal=False)`` or ``ReorderedMamba(...,
+    causal=False)``: the arguments are those of :class:`~ssmkit.layers.mamba.Mamba`. Its
+    parameters are Mamba's plus ``K``, so state dicts keep their names.
+    """
+
+    reorder = True
+
+    def _init_variant(self) -> None:
+        if self.causal:
+            raise ValueError(
+                "token reordering breaks causality; use it only in non-causal (classification) "
+                "models, causal=False"
+            )
+        d_inner = self.d_inner  # K of the importance score s_l = K^T (S_Delta x_l + b_Delta)
+        self.K = nn.Parameter(torch.empty(d_inner).uniform_(-(d_inner**-0.5), d_inner**-0.5))
+
+    def forward(
+        self,
+        x: Tensor,
+        state: MambaState | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = False,
+        cu_seqlens: Tensor | None = None,
+    ) -> tuple[Tensor, None]:
+        """x: (b, l, d) -> (y (b, l, d), None); only whole sequences (no state, no packing)."""
+        for given, what in (
+            (state is not None, "a state (state=, step)"),
+            (return_state, "return_state=True"),
+            (cu_seqlens is not None, "packed sequences (cu_seqlens)"),
+        ):
+            if given:
+                _refuse_streaming(what)
+        return super().forward(x, lengths=lengths)
+
+    def step(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """Refused: the order of the tokens is known only once the sequence is complete."""
+        _refuse_streaming("a state (state=, step)")
+
+    def _step_unchecked(self, x_t: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        _refuse_streaming("a state (state=, step)")
+
+    def soft_permutation(self, xs: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """SoftSort matrix (b, l, l) of the importance scores of xs (b, l, d_inner), tau = 1."""
+        dt_raw = F.linear(xs, self.x_proj_weight()[: self.dt_rank])  # (b, l, dt_rank)
+        work = torch.promote_types(xs.dtype, torch.float32)
+        dt_pre = self.dt_proj(dt_raw).to(work)  # S_Delta x_l + b_Delta, (b, l, d_inner)
+        return soft_sort(importance_scores(dt_pre, self.K.to(work)), tau=1.0, lengths=lengths)
+
+    def _ssm(
+        self, xs: Tensor, z: Tensor, h0: Tensor | None, lengths: Tensor | None, reset: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """The plain mixer's selection and scan on the sorted tokens, then back to their order."""
+        P = self.soft_permutation(xs, lengths)  # (b, l, l): valid tokens stay first
+        y, h = super()._ssm(P.to(xs.dtype) @ xs, P.to(z.dtype) @ z, h0, lengths, reset)
+        return P.transpose(-1, -2).to(y.dtype) @ y, h  # back to the input order
+
+
+def _refuse_streaming(what: str) -> None:
+    raise ValueError(
+        f"token reordering (reorder=True) sorts the whole sequence at once and cannot be used "
+        f"with {what}; run full sequences, or build the layer with reorder=False"
+    )
+
+
+__all__ = ["ReorderedMamba", "hard_sort", "importance_scores", "soft_sort"]

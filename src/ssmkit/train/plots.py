@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ssmkit.core.plotting import integer_ticks, plain_log_axis, pyplot
+from ssmkit.core.step_size import step_size
 from ssmkit.layers.lti import LTILayer
 from ssmkit.layers.mamba import Mamba
 from ssmkit.layers.mamba2 import Mamba2
@@ -149,13 +150,16 @@ def _kernels(plt, layers, length: int, path: Path) -> Path:
 
 @torch.no_grad()
 def _step_sizes(layers) -> list[tuple[int, torch.Tensor]]:
-    """(layer index, learned dt per channel) for the layers that have one."""
+    """(layer index, learned dt per channel) for the layers that have one.
+
+    For Mamba and Mamba-2 it is the step size of a zero projection, step_size(b_Delta).
+    """
     out = []
     for i, layer in enumerate(layers):
         if isinstance(layer, Mamba):
-            out.append((i, torch.nn.functional.softplus(layer.dt_proj.bias).cpu()))
+            out.append((i, step_size(layer.dt_proj.bias).cpu()))
         elif isinstance(layer, Mamba2):
-            out.append((i, torch.nn.functional.softplus(layer.dt_bias).cpu()))
+            out.append((i, step_size(layer.dt_bias, limit=layer.dt_limit).cpu()))
         elif hasattr(layer, "log_dt"):
             out.append((i, layer.log_dt.exp().flatten().cpu()))
     return out

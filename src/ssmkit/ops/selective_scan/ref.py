@@ -1,6 +1,7 @@
 """The selective scan, defined by a loop over time (Mamba, Gu and Dao 2023, algorithm 2).
 
-    delta_t = softplus(dt_t + dt_bias)        (or dt_t + dt_bias without dt_softplus)
+    delta_t = softplus(dt_t + dt_bias)        (or dt_t + dt_bias without dt_softplus;
+                                               layers pass delta_t itself as dt)
     h_t     = exp(delta_t A) * h_{t-1} + delta_t B_t u_t        h: (b, d, n)
     y_t     = C_t . h_t + D u_t,  then  y_t * silu(z_t)  when z is given
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.core.step_size import step_size
+
 Tensor = torch.Tensor
 
 
@@ -22,10 +25,16 @@ def expand_groups(M: Tensor, d: int) -> Tensor:
 
 
 def delta_of(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool) -> Tensor:
-    """The step sizes delta from the raw dt (b, l, d)."""
-    if dt_bias is not None:
-        dt = dt + dt_bias
-    return F.softplus(dt) if dt_softplus else dt
+    """The step sizes delta the scan uses, from the ops' ``dt`` (b, l, d) or (b, l, h).
+
+    Layers pass the positive step size itself (no bias, ``dt_softplus=False``: returned as it
+    is). With ``dt_softplus=True`` the ops apply the layers' equation,
+    :func:`ssmkit.core.step_size.step_size`: delta = softplus(dt + dt_bias); without it,
+    delta = dt + dt_bias.
+    """
+    if dt_softplus:
+        return step_size(dt, dt_bias)
+    return dt if dt_bias is None else dt + dt_bias
 
 
 def finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:

@@ -42,6 +42,14 @@ def problem(kind, b=2, l=7, h=5, n=4, dtype=torch.float64, seed=0, x0=True):
     return [u, A, B, C, state if x0 else None], conj
 
 
+def run(u, A, B, C, x0, conj=False, lengths=None, backend="auto"):
+    """lti_scan with the problem's tensors in order, returning (y, final state)."""
+    return lti_scan(
+        u, A, B, C, conj=conj, initial_state=x0, return_final_state=True, lengths=lengths,
+        backend=backend,
+    )  # fmt: skip
+
+
 def compare(backend, inputs, conj, lengths=None):
     present = [i for i, x in enumerate(inputs) if x is not None]
 
@@ -50,7 +58,7 @@ def compare(backend, inputs, conj, lengths=None):
             full = list(xs)
             for i, v in zip(present, vals, strict=True):
                 full[i] = v
-            return lti_scan(*full, conj=conj, lengths=lengths, backend=be)
+            return run(*full, conj=conj, lengths=lengths, backend=be)
 
         return f
 
@@ -73,7 +81,7 @@ def test_reference_is_the_recurrence():
     for kind in KINDS:
         (u, A, B, C, x0), conj = problem(kind, l=6)
         mimo = kind == "mimo"
-        y, h = lti_scan(u, A, B, C, x0, conj, backend="ref")
+        y, h = run(u, A, B, C, x0, conj, backend="ref")
         x, ys = x0, []
         for t in range(u.shape[1]):
             x = A * x + inject(u[:, t : t + 1], B, mimo)[:, 0]
@@ -108,9 +116,9 @@ def test_backend_matches_ref_without_initial_state_and_with_lengths(backend, kin
 def test_float32_matches_float64_ref(backend, kind):
     (u, A, B, C, x0), conj = problem(kind, b=2, l=500, h=40, n=8, seed=3)  # h: 2 tiles
     lengths = torch.tensor([500, 77])
-    y64, h64 = lti_scan(u, A, B, C, x0, conj, lengths, backend="ref")
+    y64, h64 = run(u, A, B, C, x0, conj, lengths, backend="ref")
     low = [x.to(torch.float32 if not x.is_complex() else torch.complex64) for x in (u, A, B, C, x0)]
-    y32, h32 = lti_scan(*low, conj, lengths, backend=backend)
+    y32, h32 = run(*low, conj, lengths, backend=backend)
     assert y32.dtype == torch.float32
     assert_close(y32, y64.float())
     assert_close(h32, h64.to(h32.dtype))
@@ -127,7 +135,7 @@ def test_numba_gradcheck_across_state_chunks(monkeypatch):
         inputs = [x.clone().requires_grad_(True) for x in (u, A, B, C, x0)]
 
         def f(*xs, conj=conj, lengths=lengths):
-            return lti_scan(*xs, conj=conj, lengths=lengths, backend="numba")
+            return run(*xs, conj=conj, lengths=lengths, backend="numba")
 
         assert torch.autograd.gradcheck(f, inputs)
         compare("numba", [u, A, B, C, x0], conj, lengths)
@@ -142,8 +150,8 @@ def test_numba_is_auto_on_cpu_when_installed():
 def test_backward_is_deterministic(backend):
     inputs, conj = problem("siso", b=3, l=150, h=40, n=8, dtype=torch.float32, seed=6)
     xs = [x.requires_grad_(True) for x in inputs]
-    first = grads(lambda *a: lti_scan(*a, conj=conj, backend=backend), xs)
-    again = grads(lambda *a: lti_scan(*a, conj=conj, backend=backend), xs)
+    first = grads(lambda *a: run(*a, conj=conj, backend=backend), xs)
+    again = grads(lambda *a: run(*a, conj=conj, backend=backend), xs)
     for a, b in zip(first, again, strict=True):
         assert torch.equal(a, b)
 
@@ -151,9 +159,9 @@ def test_backward_is_deterministic(backend):
 @pytest.mark.parametrize("backend", ["ref", *FAST])
 def test_split_with_state_equals_whole(backend):
     (u, A, B, C, x0), conj = problem("siso", l=20)
-    y, h = lti_scan(u, A, B, C, x0, conj, backend=backend)
-    y1, h1 = lti_scan(u[:, :8], A, B, C, x0, conj, backend=backend)
-    y2, h2 = lti_scan(u[:, 8:], A, B, C, h1, conj, backend=backend)
+    y, h = run(u, A, B, C, x0, conj, backend=backend)
+    y1, h1 = run(u[:, :8], A, B, C, x0, conj, backend=backend)
+    y2, h2 = run(u[:, 8:], A, B, C, h1, conj, backend=backend)
     assert_close(torch.cat([y1, y2], 1), y)
     assert_close(h2, h)
 

@@ -40,7 +40,7 @@ def test_backend_matches_ref(backend, length, dtype):
     inputs = make_inputs(length, dtype)
 
     def run(name):
-        return lambda a, b, h0: scan(a, b, h0, backend=name)
+        return lambda a, b, h0: scan(a, b, initial_state=h0, return_final_state=True, backend=name)
 
     h_ref, last_ref = run("ref")(*inputs)
     h, last = run(backend)(*inputs)
@@ -80,9 +80,10 @@ def test_gradgradcheck_custom_function():
 @pytest.mark.parametrize("backend", ["ref", *FAST])
 def test_split_with_state_equals_whole(backend):
     a, b, h0 = make_inputs(50, torch.float64, grad=False)
-    h, last = scan(a, b, h0, backend=backend)
-    h1, mid = scan(a[:, :17], b[:, :17], h0, backend=backend)
-    h2, last2 = scan(a[:, 17:], b[:, 17:], mid, backend=backend)
+    opts = dict(return_final_state=True, backend=backend)
+    h, last = scan(a, b, initial_state=h0, **opts)
+    h1, mid = scan(a[:, :17], b[:, :17], initial_state=h0, **opts)
+    h2, last2 = scan(a[:, 17:], b[:, 17:], initial_state=mid, **opts)
     assert_close(torch.cat([h1, h2], 1), h)
     assert_close(last2, last)
 
@@ -90,9 +91,9 @@ def test_split_with_state_equals_whole(backend):
 @pytest.mark.parametrize("backend", FAST)
 def test_batch_items_equal_batch(backend):
     a, b, h0 = make_inputs(40, torch.complex128, batch=3, grad=False)
-    h, _ = scan(a, b, h0, backend=backend)
+    h = scan(a, b, initial_state=h0, backend=backend)
     for i in range(3):
-        hi, _ = scan(a[i : i + 1], b[i : i + 1], h0[i : i + 1], backend=backend)
+        hi = scan(a[i : i + 1], b[i : i + 1], initial_state=h0[i : i + 1], backend=backend)
         assert_close(hi, h[i : i + 1])
 
 
@@ -101,8 +102,8 @@ def test_broadcast_time_invariant_decay(backend):
     """A (1, 1, *s) decay is the LTI case; its gradient is summed over batch and time."""
     _, b, h0 = make_inputs(30, torch.float64)
     a = (0.9 * torch.ones(1, 1, 3, 2, dtype=torch.float64)).requires_grad_()
-    h, _ = scan(a, b, h0, backend=backend)
-    h_full, _ = scan(a.expand_as(b), b, h0, backend="ref")
+    h = scan(a, b, initial_state=h0, backend=backend)
+    h_full = scan(a.expand_as(b), b, initial_state=h0, backend="ref")
     assert_close(h, h_full)
     (ga,) = torch.autograd.grad(h.sum(), a)
     (ga_ref,) = torch.autograd.grad(h_full.sum(), a)
@@ -113,20 +114,20 @@ def test_broadcast_time_invariant_decay(backend):
 def test_real_decay_complex_input_promotes():
     a, _, _ = make_inputs(10, torch.float64, grad=False)
     _, b, h0 = make_inputs(10, torch.complex128, grad=False)
-    h, _ = scan(a, b, h0)
+    h = scan(a, b, initial_state=h0)
     assert h.dtype == torch.complex128
     assert_close(h, scan_ref(a.to(b.dtype), b, h0))
 
 
 def test_zero_initial_state_default():
     a, b, _ = make_inputs(10, torch.float64, grad=False)
-    h, _ = scan(a, b)
+    h = scan(a, b)
     assert_close(h, scan_ref(a, b, torch.zeros_like(b[:, 0])))
 
 
 def test_float32_long_sequence_stays_finite_and_close():
     a, b, h0 = make_inputs(4096, torch.float32, state=(8,), grad=False)
-    h, _ = scan(a, b, h0)
+    h = scan(a, b, initial_state=h0)
     ref = scan_ref(a.double(), b.double(), h0.double())
     assert torch.isfinite(h).all()
     assert_close(h.double(), ref, rtol=1e-4, atol=1e-5)

@@ -32,8 +32,9 @@ def problem(b=2, l=7, d=6, n=4, g=None, dtype=torch.float64, seed=0, extras=True
 def run(backend, inputs, softplus=True):
     u, dt, A, B, C, D, z, bias, h0 = inputs
     return selective_scan(
-        u, dt, A, B, C, D, z, bias, softplus, h0, return_final_state=True, backend=backend
-    )
+        u, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=softplus, initial_state=h0,
+        return_final_state=True, backend=backend,
+    )  # fmt: skip
 
 
 def compare(backend, inputs, softplus=True):
@@ -134,12 +135,13 @@ def test_initial_state_is_differentiable_in_every_backend():
 
 def test_split_with_state_equals_whole():
     u, dt, A, B, C, D, z, bias, h0 = problem(l=20)
-    y, h = selective_scan(u, dt, A, B, C, D, z, bias, True, h0, True)
+    opts = dict(D=D, dt_bias=bias, dt_softplus=True, return_final_state=True)
+    y, h = selective_scan(u, dt, A, B, C, z=z, initial_state=h0, **opts)
     y1, h1 = selective_scan(
-        u[:, :8], dt[:, :8], A, B[:, :8], C[:, :8], D, z[:, :8], bias, True, h0, True
+        u[:, :8], dt[:, :8], A, B[:, :8], C[:, :8], z=z[:, :8], initial_state=h0, **opts
     )
     y2, h2 = selective_scan(
-        u[:, 8:], dt[:, 8:], A, B[:, 8:], C[:, 8:], D, z[:, 8:], bias, True, h1, True
+        u[:, 8:], dt[:, 8:], A, B[:, 8:], C[:, 8:], z=z[:, 8:], initial_state=h1, **opts
     )
     assert_close(torch.cat([y1, y2], 1), y)
     assert_close(h2, h)
@@ -186,7 +188,11 @@ def test_packed_sequences_reset_the_state(backend):
     xs = [x.requires_grad_(True) for x in inputs]
 
     def packed(*xs):
-        return selective_scan(*xs[:8], True, xs[8], True, backend=backend, reset=reset)
+        u, dt, A, B, C, D, z, bias, h0 = xs
+        return selective_scan(
+            u, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True, initial_state=h0,
+            return_final_state=True, reset=reset, backend=backend,
+        )  # fmt: skip
 
     def one_by_one(*xs):
         u, dt, A, B, C, D, z, bias, h0 = xs
@@ -194,8 +200,9 @@ def test_packed_sequences_reset_the_state(backend):
         for i, (a, b) in enumerate(zip(starts, [*starts[1:], 70], strict=True)):
             part = slice(a, b)
             y, state = selective_scan(
-                u[:, part], dt[:, part], A, B[:, part], C[:, part], D, z[:, part], bias, True,
-                h0 if i == 0 else None, True, backend="ref",
+                u[:, part], dt[:, part], A, B[:, part], C[:, part], D=D, z=z[:, part],
+                dt_bias=bias, dt_softplus=True, initial_state=h0 if i == 0 else None,
+                return_final_state=True, backend="ref",
             )  # fmt: skip
             ys.append(y)
         return torch.cat(ys, 1), state

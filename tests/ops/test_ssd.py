@@ -27,7 +27,10 @@ def problem(b=2, l=13, h=4, p=3, n=5, g=2, dtype=torch.float64, seed=0):
 
 def call(backend, chunk):
     def f(x, dt, A, B, C, D, z, bias, h0):
-        return ssd(x, dt, A, B, C, chunk, D, z, bias, True, h0, True, backend=backend)
+        return ssd(
+            x, dt, A, B, C, chunk_size=chunk, D=D, z=z, dt_bias=bias, dt_softplus=True,
+            initial_state=h0, return_final_state=True, backend=backend,
+        )  # fmt: skip
 
     return f
 
@@ -85,7 +88,20 @@ def test_chunked_function_gradcheck(with_reset):
 
 def test_chunked_twice_differentiated_is_a_clear_error():
     x, dt, A, B, C, D, z, bias, h0 = [t.requires_grad_(True) for t in problem(l=5)]
-    y = ssd(x, dt, A, B, C, 4, D, z, bias, True, h0, backend="chunked")
+    y = ssd(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size=4,
+        D=D,
+        z=z,
+        dt_bias=bias,
+        dt_softplus=True,
+        initial_state=h0,
+        backend="chunked",
+    )
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         gx.sum().backward()
@@ -94,26 +110,30 @@ def test_chunked_twice_differentiated_is_a_clear_error():
 def test_chunk_of_whole_length_and_per_channel_D():
     x, dt, A, B, C, _, z, bias, h0 = problem(l=20)
     D = randn(4, 3, dtype=torch.float64)
-    want = ssd(x, dt, A, B, C, 20, D, z, bias, True, h0, backend="ref")
-    assert_close(ssd(x, dt, A, B, C, 20, D, z, bias, True, h0), want)
+    opts = dict(chunk_size=20, D=D, z=z, dt_bias=bias, dt_softplus=True, initial_state=h0)
+    want = ssd(x, dt, A, B, C, **opts, backend="ref")
+    assert_close(ssd(x, dt, A, B, C, **opts), want)
 
 
 def test_ssd_equals_selective_scan_with_heads_as_channels():
     x, dt, A, B, C, D, z, bias, h0 = problem(l=17)
     b, l, h, p = x.shape
     n = B.shape[-1]
-    y, last = ssd(x, dt, A, B, C, 8, D, z, bias, True, h0, True)
+    y, last = ssd(
+        x, dt, A, B, C, chunk_size=8, D=D, z=z, dt_bias=bias, dt_softplus=True, initial_state=h0,
+        return_final_state=True,
+    )  # fmt: skip
     y2, last2 = selective_scan(
         x.reshape(b, l, h * p),
         dt.repeat_interleave(p, dim=-1),
         A.repeat_interleave(p).unsqueeze(-1).expand(h * p, n),
         B, C,
-        D.repeat_interleave(p),
-        z.reshape(b, l, h * p),
-        bias.repeat_interleave(p),
-        True,
-        h0.reshape(b, h * p, n),
-        True,
+        D=D.repeat_interleave(p),
+        z=z.reshape(b, l, h * p),
+        dt_bias=bias.repeat_interleave(p),
+        dt_softplus=True,
+        initial_state=h0.reshape(b, h * p, n),
+        return_final_state=True,
         backend="ref",
     )  # fmt: skip
     assert_close(y.reshape(b, l, h * p), y2)
@@ -122,25 +142,20 @@ def test_ssd_equals_selective_scan_with_heads_as_channels():
 
 def test_split_with_state_equals_whole():
     x, dt, A, B, C, D, z, bias, h0 = problem(l=30)
-    y, last = ssd(x, dt, A, B, C, 8, D, z, bias, True, h0, True)
+    opts = dict(chunk_size=8, D=D, dt_bias=bias, dt_softplus=True, return_final_state=True)
+    y, last = ssd(x, dt, A, B, C, z=z, initial_state=h0, **opts)
     k = 11
     parts = [t[:, :k] for t in (x, dt)], [t[:, k:] for t in (x, dt)]
-    y1, s1 = ssd(*parts[0], A, B[:, :k], C[:, :k], 8, D, z[:, :k], bias, True, h0, True)
-    y2, s2 = ssd(*parts[1], A, B[:, k:], C[:, k:], 8, D, z[:, k:], bias, True, s1, True)
+    y1, s1 = ssd(*parts[0], A, B[:, :k], C[:, :k], z=z[:, :k], initial_state=h0, **opts)
+    y2, s2 = ssd(*parts[1], A, B[:, k:], C[:, k:], z=z[:, k:], initial_state=s1, **opts)
     assert_close(torch.cat([y1, y2], 1), y)
     assert_close(s2, last)
 
 
 def test_float32_long_sequence_is_finite_and_close_to_float64():
     inputs = problem(b=1, l=1000, h=2, p=4, n=8, seed=9)
-    y64 = ssd(*inputs[:5], 64, *inputs[5:8], True, inputs[8], backend="ref")
-    y32 = ssd(
-        *(t.float() for t in inputs[:5]),
-        64,
-        *(t.float() for t in inputs[5:8]),
-        True,
-        inputs[8].float(),
-    )
+    y64 = call("ref", 64)(*inputs)[0]
+    y32 = call("auto", 64)(*(t.float() for t in inputs))[0]
     assert bool(torch.isfinite(y32).all())
     assert_close(y32, y64.float())
 
@@ -160,7 +175,7 @@ def test_bad_inputs_raise(index, value, match):
     if match == "g dividing":
         inputs[4] = inputs[3].clone()
     with pytest.raises(ValueError, match=match):
-        ssd(*inputs[:5], 8, *inputs[5:8], True, inputs[8])
+        call("auto", 8)(*inputs)
 
 
 @pytest.mark.parametrize("backend", ["ref", *FAST])
@@ -172,7 +187,11 @@ def test_packed_sequences_reset_the_state(backend, chunk):
     reset[0, starts[1:]] = True
 
     def packed(*t):
-        return ssd(*t[:5], chunk, *t[5:8], True, t[8], True, backend=backend, reset=reset)
+        x, dt, A, B, C, D, z, bias, h0 = t
+        return ssd(
+            x, dt, A, B, C, chunk_size=chunk, D=D, z=z, dt_bias=bias, dt_softplus=True,
+            initial_state=h0, return_final_state=True, reset=reset, backend=backend,
+        )  # fmt: skip
 
     def one_by_one(*t):
         x, dt, A, B, C, D, z, bias, h0 = t
@@ -180,8 +199,9 @@ def test_packed_sequences_reset_the_state(backend, chunk):
         for i, (a, b) in enumerate(zip(starts, [*starts[1:], 50], strict=True)):
             s = slice(a, b)
             y, state = ssd(
-                x[:, s], dt[:, s], A, B[:, s], C[:, s], chunk, D, z[:, s], bias, True,
-                h0 if i == 0 else None, True, backend="ref",
+                x[:, s], dt[:, s], A, B[:, s], C[:, s], chunk_size=chunk, D=D, z=z[:, s],
+                dt_bias=bias, dt_softplus=True, initial_state=h0 if i == 0 else None,
+                return_final_state=True, backend="ref",
             )  # fmt: skip
             ys.append(y)
         return torch.cat(ys, 1), state

@@ -10,28 +10,11 @@ from typing import TextIO
 
 import torch
 
-from ssmkit.bench.e2e import e2e_cases
-from ssmkit.bench.generate import generate_cases
-from ssmkit.bench.kalman import kalman_cases
-from ssmkit.bench.layers import layer_cases
-from ssmkit.bench.lti import lti_scan_cases
-from ssmkit.bench.selective import selective_cases, ssd_cases
-from ssmkit.bench.suites import SIZES, Row, Settings, kernel_cases, scan_cases
+from ssmkit.bench.rows import SIZES, Row, Settings
+from ssmkit.bench.suites import SUITES
 from ssmkit.core.checks import check_choice
 
 __all__ = ["SIZES", "SUITES", "Row", "Settings", "format_table", "run", "write_json"]
-
-SUITES = {
-    "kernels": kernel_cases,
-    "scan": scan_cases,
-    "selective": selective_cases,
-    "ssd": ssd_cases,
-    "layers": layer_cases,
-    "generate": generate_cases,
-    "kalman": kalman_cases,
-    "e2e": e2e_cases,
-    "lti-scan": lti_scan_cases,
-}
 
 
 def run(

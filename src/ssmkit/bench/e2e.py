@@ -7,8 +7,10 @@ Both sides get the SAME weights: a randomly initialised transformers model is sa
   ``use_mambapy=True``, its CPU training path) and ``Mamba2ForCausalLM`` (torch path)
   against ssmkit's ``MambaLM``; the implementations alternate within each repetition, so a
   shared machine's load hits both alike. ``fwd ms`` is the forward + loss part of the step.
-* Greedy decoding through ``generate``: ms per new token, and a floor: streaming every
-  parameter once per token at the measured memory copy bandwidth.
+* Greedy decoding through ``generate`` (its default decoder: fused per-layer kernels on CPU;
+  ``ssmkit bench --suite generate`` compares it with the layers' own steps): ms per new
+  token, and a floor: streaming every parameter once per token at the measured memory copy
+  bandwidth.
 
 The ``x ref`` columns hold the speed-up over transformers (> 1: ssmkit is faster).
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.bench.suites import Row, Settings
+from ssmkit.bench.rows import Row, Settings
 from ssmkit.models import load_pretrained
 from ssmkit.ops.selective_scan import cpu_numba
 
@@ -158,7 +160,7 @@ def _decode_case(version: int, shape: LMShape, prompt_len: int, new: int, s: Set
     ours.eval()
     prompt = torch.randint(0, shape.vocab_size, (1, prompt_len), generator=torch.Generator())
     hf.generation_config.eos_token_id = None  # ours decodes `new` tokens whatever they are
-    runs = {
+    runs = {  # generate's default decoder: the fused kernels on CPU
         "ssmkit MambaLM.generate": lambda: ours.generate(prompt, new, greedy=True),
         _hf_name(version) + ".generate": lambda: hf.generate(
             prompt, max_new_tokens=new, do_sample=False

@@ -1,49 +1,63 @@
 """Benchmark suite ``generate``: decoding speed and memory of a MambaLM (random weights).
 
-Prefill reads the prompt in one forward; decoding then runs ``step`` per token. Two
-decoders of the same weights are timed, interleaved round by round (median ms per token):
+Prefill reads the prompt in one forward; decoding then advances one token at a time. The
+decoders of the same weights are timed interleaved, round by round (median ms per token):
 
-* ``step decode``: float32 weights (the reference row);
-* ``bf16 step decode``: a copy of the model in bfloat16 (``model.to(torch.bfloat16)``); its
-  note gives the largest logit difference to float32 over the greedy rollout and the share
-  of steps whose argmax agrees, both on the float32 greedy path (teacher-forced).
+* ``step (reference)``: every layer's own ``step`` (``decode="step"``), float32;
+* ``fused fp32``: :class:`ssmkit.models.decoding.MambaDecoder`, the fused per-layer kernels
+  (what ``generate`` takes by default on CPU);
+* ``fused bf16`` / ``fused int8``: the same with bfloat16 / int8 weight-only copies of
+  in_proj, out_proj and lm_head (``precision=``); the note gives the largest logit difference
+  to float32 on the float32 greedy path (teacher-forced) and the step at which free-running
+  greedy decoding first picks another token than float32 (if it does);
+* ``compiled step``: ``torch.compile`` of the reference step (``decode="compile"``; sizes
+  other than tiny).
 
-The memory column of the float32 row is the resident-set growth between the first and the
-last quarter of decoding, which must stay near zero: the cache has a constant size.
+Each row's note gives tokens/s and the share of the weight-streaming floor (every float32
+parameter read once per token at the measured copy bandwidth) it reaches. The memory column
+of the reference row is the resident-set growth between the first and the last quarter of
+decoding, which must stay near zero: the cache has a constant size.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 
 import torch
 
+from ssmkit.bench.e2e import copy_bandwidth
 from ssmkit.bench.measure import _status_kib
-from ssmkit.bench.suites import Row, Settings
+from ssmkit.bench.rows import Row, Settings
 from ssmkit.models import MambaConfig, MambaLM
 from ssmkit.ops.selective_scan import cpu_numba
 
 Tensor = torch.Tensor
-Step = Callable[[Tensor, list], tuple[Tensor, list]]
+Advance = Callable[[Tensor], Tensor]  # token (b,) -> next logits (b, v)
+# decoder name -> (precision, decode)
+DECODERS = {
+    "step (reference)": ("fp32", "step"),
+    "fused fp32": ("fp32", "fused"),
+    "fused bf16": ("bf16", "fused"),
+    "fused int8": ("int8", "fused"),
+    "compiled step": ("fp32", "compile"),
+}
+REFERENCE = "fused fp32"  # the row the low-precision ones are compared with
 
 
 def _rollout(
-    model: MambaLM,
-    step: Step,
-    prompt: Tensor,
+    advance: Advance,
+    first: Tensor,
     tokens: int,
     watch_rss: bool = False,
     forced: Tensor | None = None,
 ) -> tuple[list[float], Tensor, list[int | None]]:
-    """Greedy decoding (or feeding ``forced`` (tokens,) instead of the argmax): per-token
-    seconds, logits (tokens, v) and RSS at 1/4 and the end."""
-    _, state = model(prompt, return_state=True)
-    token, times, logits, rss = prompt[:, -1], [], [], []
+    """Greedy decoding from token ``first`` (1,) (or feeding ``forced`` (tokens,) instead of
+    the argmax): per-token seconds, logits (tokens, v) and RSS at 1/4 and the end."""
+    token, times, logits, rss = first, [], [], []
     for i in range(tokens):
         t0 = time.perf_counter()
-        out, state = step(token, state)
+        out = advance(token)
         token = out.argmax(-1) if forced is None else forced[i : i + 1]
         times.append(time.perf_counter() - t0)
         logits.append(out[0].float())
@@ -52,51 +66,87 @@ def _rollout(
     return times, torch.stack(logits), rss
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def generate_cases(s: Settings) -> Iterator[list[Row]]:
     sizes = {
-        "tiny": [(2, 64, 1, 32)],
-        "default": [(24, 768, 1, 64)],
+        "tiny": [(2, 64, 1, 32), (2, 64, 2, 32)],
+        "default": [(24, 768, 1, 64), (24, 768, 2, 64)],
         "full": [(24, 768, 1, 256), (24, 768, 2, 256)],
     }[s.size]
-    if s.device == "cpu":  # the kernels must not compile in the background while timing
-        cpu_numba.warm_up(torch.float32, wait=True)
+    if s.device != "cpu":
+        raise ValueError(f"the generate suite compares CPU decoders, got device {s.device!r}")
+    cpu_numba.warm_up(torch.float32, wait=True)  # no compiling in the background while timing
+    bandwidth = copy_bandwidth()
     for n_layer, d_model, version, tokens in sizes:
-        torch.manual_seed(0)
-        cfg = MambaConfig(d_model=d_model, n_layer=n_layer, version=version,
-                          vocab_size=50280 if s.size != "tiny" else 1000)  # fmt: skip
-        model = MambaLM(cfg).to(s.device).eval()
-        half = copy.deepcopy(model).to(torch.bfloat16)
-        prompt = torch.randint(0, cfg.vocab_size, (1, 16), device=s.device)
-        case = f"Mamba{'-2' if version == 2 else ''} {n_layer}x{d_model} prompt 16, {tokens} new"
-        with torch.no_grad():
+        yield _case(n_layer, d_model, version, tokens, s, bandwidth)
+
+
+def _case(
+    n_layer: int, d_model: int, version: int, tokens: int, s: Settings, bandwidth: float
+) -> list[Row]:
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=d_model, n_layer=n_layer, version=version,
+                      vocab_size=50280 if s.size != "tiny" else 1000)  # fmt: skip
+    model = MambaLM(cfg).to(s.device).eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 16), device=s.device)
+    case = f"Mamba{'-2' if version == 2 else ''} {n_layer}x{d_model} prompt 16, {tokens} new"
+    names = [n for n in DECODERS if s.size != "tiny" or DECODERS[n][1] != "compile"]
+    with torch.no_grad():
+        start = time.perf_counter()
+        _, state = model(prompt, return_state=True)
+        prefill_ms = (time.perf_counter() - start) * 1e3
+        first = prompt[:, -1]
+
+        def fresh(name: str) -> Advance:
+            return model.decoder(state, *DECODERS[name])  # copies the state
+
+        built = {}
+        for name in names:  # warm-up (compiles, caches); also times building the decoder
             start = time.perf_counter()
-            model(prompt, return_state=True)
-            prefill_ms = (time.perf_counter() - start) * 1e3
-            decoders = {"step decode": (model, model.step), "bf16 step decode": (half, half.step)}
-            per: dict[str, list[float]] = {k: [] for k in decoders}
-            logits: dict[str, Tensor] = {}
-            growth: dict[str, float | None] = {k: None for k in decoders}
-            for m, step in decoders.values():  # warm-up
-                _rollout(m, step, prompt, 2)
-            for r in range(max(s.repeat, 1)):  # interleaved rounds
-                for name, (m, step) in decoders.items():
-                    ref_path = name == "step decode"
-                    forced = None if ref_path else logits["step decode"].argmax(-1)
-                    times, out, rss = _rollout(m, step, prompt, tokens, True, forced)
-                    per[name].append(sorted(times)[len(times) // 2] * 1e3)
-                    logits[name] = out
-                    if rss and None not in rss and r == 0:
-                        growth[name] = (rss[1] - rss[0]) / 1024
-        ref = sorted(per["step decode"])[len(per["step decode"]) // 2]
-        rows = []
-        for name in decoders:
-            ms = sorted(per[name])[len(per[name]) // 2]
-            row = Row("generate", case, name, ms, None, growth[name], speedup=ref / ms)
-            row.note = f"{1e3 / ms:.1f} tokens/s"
-            rows.append(row)
-        diff = (logits["bf16 step decode"] - logits["step decode"]).abs().max()
-        agree = (logits["bf16 step decode"].argmax(-1) == logits["step decode"].argmax(-1)).float()
-        rows[0].note += f", prefill {prefill_ms:.0f} ms; memory column: RSS growth in decoding"
-        rows[1].note += (f"; on the fp32 greedy path: max |logit - fp32 logit| {float(diff):.3g}, "
-                         f"same argmax at {float(agree.mean()):.0%} of steps")  # fmt: skip
-        yield rows
+            _rollout(fresh(name), first, 2)
+            built[name] = (time.perf_counter() - start) * 1e3
+        per: dict[str, list[float]] = {k: [] for k in names}
+        free: dict[str, Tensor] = {}  # round 0: every decoder greedy on its own
+        forced: dict[str, Tensor] = {}  # later rounds: on the reference's greedy tokens
+        growth: dict[str, float | None] = {k: None for k in names}
+        for r in range(max(s.repeat, 1)):  # interleaved rounds
+            for name in names:
+                path = free[REFERENCE].argmax(-1) if r and name != REFERENCE else None
+                times, out, rss = _rollout(fresh(name), first, tokens, r == 0, path)
+                per[name].append(_median(times) * 1e3)
+                (forced if path is not None else free)[name] = out
+                if rss and None not in rss:
+                    growth[name] = (rss[1] - rss[0]) / 1024
+        for name in names:  # one round only: teacher-force once more, untimed
+            if name not in forced:
+                forced[name] = _rollout(fresh(name), first, tokens, False,
+                                        free[REFERENCE].argmax(-1))[1]  # fmt: skip
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    floor_ms = nbytes / bandwidth * 1e3
+    base = _median(per["step (reference)"])
+    rows = []
+    for name in names:
+        ms = _median(per[name])
+        row = Row("generate", case, name, ms, None, growth[name], speedup=base / ms)
+        row.note = f"{1e3 / ms:.1f} tokens/s"
+        row.note += f", {floor_ms / ms:.0%} of the fp32 floor"
+        if name != "step (reference)":
+            row.note += f"; decoder built + 2 tokens in {built[name]:.0f} ms"
+        if name != REFERENCE:
+            row.note += _agreement(forced[name], free[REFERENCE], free[name])
+        rows.append(row)
+    rows[0].note += (f", prefill {prefill_ms:.0f} ms; memory column: RSS growth in decoding; "
+                     f"floor: {nbytes / 2**20:.0f} MiB at {bandwidth / 1e9:.1f} GB/s = "
+                     f"{1e3 / floor_ms:.1f} tokens/s")  # fmt: skip
+    return rows
+
+
+def _agreement(forced: Tensor, ref: Tensor, free: Tensor) -> str:
+    """max |logit - fp32 logit| on the fp32 greedy path, and the first greedy divergence."""
+    diff = float((forced - ref).abs().max())
+    differs = (free.argmax(-1) != ref.argmax(-1)).nonzero()
+    where = "never" if differs.numel() == 0 else f"from step {int(differs[0, 0])}"
+    return f"; max |logit - fp32| {diff:.3g}, greedy tokens differ {where}"

@@ -29,7 +29,7 @@ from functools import partial
 
 import torch
 
-from ssmkit.bench.suites import Row, Settings, _measure, _with_speedups
+from ssmkit.bench.rows import Row, Settings, measure_row, with_speedups
 from ssmkit.probabilistic import LinearGaussianSSM, log_likelihood, sample
 from ssmkit.probabilistic.fast_filter import numba_supports
 from ssmkit.probabilistic.fit import fit_mle
@@ -117,20 +117,20 @@ def batched_cases(s: Settings) -> Iterator[list[Row]]:
         rows.append(ref)
     for method in methods:
         fn = partial(_ours, model, y, method)
-        rows.append(_measure("kalman", case, f"ssmkit {method}", fn, [], s))
+        rows.append(measure_row("kalman", case, f"ssmkit {method}", fn, [], s))
     rows[-len(methods)].note = "no NaN, shared model: covariances computed once"
     # with a few missing values every series has its own covariances: the general path
     y_nan = y.clone()
     y_nan[::10, ::50] = float("nan")
     fn = partial(_ours, model, y_nan, "sequential")
-    rows.append(_measure("kalman", case, "ssmkit sequential, 0.2% NaN", fn, [], s))
+    rows.append(measure_row("kalman", case, "ssmkit sequential, 0.2% NaN", fn, [], s))
     rows[-1].note = "per-series covariances"
     if numba_supports(model):
         fn = partial(_ours, model, y_nan, "numba")
         fn()  # load the compiled kernels before timing
-        rows.append(_measure("kalman", case, "ssmkit numba, 0.2% NaN", fn, [], s))
+        rows.append(measure_row("kalman", case, "ssmkit numba, 0.2% NaN", fn, [], s))
         rows[-1].note = "per-series covariances, compiled filter"
-    yield _with_speedups(rows)
+    yield with_speedups(rows)
 
 
 def parallel_cases(s: Settings) -> Iterator[list[Row]]:
@@ -145,10 +145,10 @@ def parallel_cases(s: Settings) -> Iterator[list[Row]]:
         case = f"b={b} l={l} n={N_STATE} o=1 f64"
         y = _data(model, b, l)
         rows = [
-            _measure(
+            measure_row(
                 "kalman", case, "ref: sequential", partial(_ours, model, y, "sequential"), [], s
             ),
-            _measure(
+            measure_row(
                 "kalman",
                 case,
                 "parallel (assoc. scan)",
@@ -157,7 +157,7 @@ def parallel_cases(s: Settings) -> Iterator[list[Row]]:
                 s,
             ),
         ]
-        yield _with_speedups(rows)
+        yield with_speedups(rows)
 
 
 def _median_time(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -210,7 +210,7 @@ def _single_cases(sm, s: Settings) -> Iterator[list[Row]]:
             Row("kalman", case, "ssmkit fit_mle (numba, exact diffuse)", ours_ms, None, None),
         ]
         rows[1].note = f"loglik {res.loglik:.6f} vs {ref.llf:.6f} (rel. gap {gap:+.1e})"
-        yield _with_speedups(rows)
+        yield with_speedups(rows)
 
 
 def _many_series(b: int, l: int) -> Tensor:
@@ -253,7 +253,7 @@ def _per_series_cases(sm, s: Settings) -> Iterator[list[Row]]:
     ]
     rows[0].note = f"timed on {subset} of {b} series, scaled x{b / subset:g}"
     rows[1].note = f"max rel. loglik gap on those {subset}: {gap:.1e}"
-    yield _with_speedups(rows)
+    yield with_speedups(rows)
 
 
 def fit_cases(s: Settings) -> Iterator[list[Row]]:

@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from ssmkit.bench.suites import Row, Settings, _measure, _with_speedups
+from ssmkit.bench.rows import Row, Settings, measure_row, with_speedups
 from ssmkit.layers import DSS, LRU, S4, S4D, S5, LTILayer
 from ssmkit.ops import registry
 
@@ -60,8 +60,10 @@ def layer_cases(s: Settings) -> Iterator[list[Row]]:
                     rows.append(Row("layers", case, f"{mode} mode", float("nan"), None, None))
                     rows[-1].note = f"skipped: all states need {need / 2**30:.1f} GiB"
                     continue
-                rows.append(_measure("layers", case, f"{mode} mode", partial(_y, layer, x), [x], s))
-            yield _with_speedups(rows)
+                rows.append(
+                    measure_row("layers", case, f"{mode} mode", partial(_y, layer, x), [x], s)
+                )
+            yield with_speedups(rows)
 
 
 def _y(layer: LTILayer, x: Tensor) -> Tensor:

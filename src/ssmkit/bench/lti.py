@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 
-from ssmkit.bench.suites import Row, Settings, _diag_system, _measure, _with_speedups
+from ssmkit.bench.rows import Row, Settings, diag_system, measure_row, with_speedups
 from ssmkit.core.fftconv import fftconv
 from ssmkit.core.kernels import kernel_diag
 from ssmkit.layers import S4D
@@ -34,30 +34,30 @@ def lti_scan_cases(s: Settings) -> Iterator[list[Row]]:
     }[s.size]
     for b, h, N, L in shapes:
         case = f"b={b} h={h} N={N} L={L}"
-        A_bar, B_bar, C = _diag_system(h, N // 2, s.device)
+        A_bar, B_bar, C = diag_system(h, N // 2, s.device)
         u = torch.randn(b, L, h, generator=torch.Generator().manual_seed(0)).to(s.device)
         inputs = [u, A_bar, B_bar, C]
         rows = []
         for backend in [x.name for x in reversed(registry.backends("lti_scan", s.device))]:
             name = "ref: scan, all states" if backend == "ref" else f"{backend}: fused scan"
             fn = partial(_scan, backend, u, A_bar, B_bar, C)
-            rows.append(_measure("lti-scan", case, name, fn, inputs, s))
+            rows.append(measure_row("lti-scan", case, name, fn, inputs, s))
         rows.append(
-            _measure("lti-scan", case, "conv: kernel + FFT", partial(_conv, *inputs), inputs, s)
+            measure_row("lti-scan", case, "conv: kernel + FFT", partial(_conv, *inputs), inputs, s)
         )
         torch.manual_seed(0)
         layer = S4D(h, N=N, init="lin").to(s.device)
         for mode in ("conv", "scan"):
             layer.mode = mode
             fn = partial(_layer, layer, u)
-            rows.append(_measure("lti-scan", case, f"S4D layer, {mode} mode", fn, [u], s))
-        rows = _with_speedups(rows)
+            rows.append(measure_row("lti-scan", case, f"S4D layer, {mode} mode", fn, [u], s))
+        rows = with_speedups(rows)
         rows[0].note = f"u and y: {2 * u.numel() * u.element_size() / 2**20:.0f} MiB"
         yield rows
 
 
 def _scan(backend: str, u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor) -> Tensor:
-    return lti_scan(u, A_bar, B_bar, C, conj=True, backend=backend)[0]
+    return lti_scan(u, A_bar, B_bar, C, conj=True, backend=backend)
 
 
 def _conv(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from unittest import mock
 
 import torch
 
-from ssmkit.bench.suites import Row, Settings, _measure, _with_speedups
+from ssmkit.bench.rows import Row, Settings, measure_row, with_speedups
 from ssmkit.ops import registry, selective_scan, ssd
 
 Tensor = torch.Tensor
@@ -45,13 +45,13 @@ def selective_cases(s: Settings) -> Iterator[list[Row]]:
         for backend in [x.name for x in reversed(registry.backends("selective_scan", s.device))]:
             fn = partial(_run, backend, u, dt, A, B, C, D)
             name = "ref: sequential loop" if backend == "ref" else backend
-            rows.append(_measure("selective", case, name, fn, inputs, s))
+            rows.append(measure_row("selective", case, name, fn, inputs, s))
         pscan = _mambapy_pscan()
         if pscan is not None:
             fn = partial(_run_mambapy, pscan, u, dt, A, B, C, D)
-            rows.append(_measure("selective", case, "mambapy pscan", fn, inputs, s))
+            rows.append(measure_row("selective", case, "mambapy pscan", fn, inputs, s))
             rows[-1].note = "peer library"
-        rows = _with_speedups(rows)
+        rows = with_speedups(rows)
         rows.append(_floor_row(case, [u, dt, B, C], s))  # bounds, not implementations
         rows.append(_exp_floor_row(case, b * l * d * n, s))
         yield rows
@@ -82,14 +82,14 @@ def ssd_cases(s: Settings) -> Iterator[list[Row]]:
         for backend in [x.name for x in reversed(registry.backends("ssd", s.device))]:
             fn = partial(_run_ssd, backend, x, dt, A, B, C)
             name = "ref: sequential loop" if backend == "ref" else backend
-            rows.append(_measure("ssd", case, name, fn, [x, dt, A, B, C], s))
+            rows.append(measure_row("ssd", case, name, fn, [x, dt, A, B, C], s))
         if peer is None:  # no row without a time: the reason goes on the last row
             rows[-1].note = f"{PEER} row {why}"
         else:
             fn = partial(_run_ssd_minimal, peer, x, dt, A, B, C)
-            rows.append(_measure("ssd", case, PEER, fn, [x, dt, A, B, C], s))
+            rows.append(measure_row("ssd", case, PEER, fn, [x, dt, A, B, C], s))
             rows[-1].note = "peer: " + _versus(rows[-1], rows[-2])
-        yield _with_speedups(rows)
+        yield with_speedups(rows)
 
 
 PEER = "mamba_ssm ssd_minimal"
@@ -97,7 +97,7 @@ SSD_CHUNK = 64  # chunk size of every SSD row, ours and the peer's
 
 
 def _run_ssd(backend: str, x, dt, A, B, C) -> Tensor:
-    return ssd(x, dt, A, B, C, SSD_CHUNK, dt_softplus=True, backend=backend)
+    return ssd(x, dt, A, B, C, chunk_size=SSD_CHUNK, dt_softplus=True, backend=backend)
 
 
 def _run_ssd_minimal(ssd_minimal: Callable, x, dt, A, B, C) -> Tensor:
@@ -145,7 +145,7 @@ def _peer_ssd_minimal() -> tuple[Callable | None, str]:
 
 
 def _run(backend: str, u, dt, A, B, C, D) -> Tensor:
-    return selective_scan(u, dt, A, B, C, D, dt_softplus=True, backend=backend)
+    return selective_scan(u, dt, A, B, C, D=D, dt_softplus=True, backend=backend)
 
 
 def _mambapy_pscan():

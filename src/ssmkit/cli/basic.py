@@ -61,8 +61,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(f"models (ssmkit train --model NAME): {', '.join(ALL_LAYERS)}")
     print("operators and backends:")
     for op in registry.ops():
-        if op.startswith("_"):
-            continue
         print(f"{op}:")
         for b in registry.backends(op):
             devices = ",".join(sorted(b.devices))

@@ -11,19 +11,24 @@ A file has a header row; after it, every line is one row, so nothing is dropped 
 * a UTF-8 byte order mark is ignored; a file that is not UTF-8 text, or that the csv module
   cannot parse, is a ``ValueError`` naming the file (and line).
 
-What a cell means (a number, a missing marker, a label) is the caller's business, and so are
-the checks on the table's shape (header present, at least one row, no ragged rows), whose
-messages each reader words for its own users.
+A numeric cell is read by :func:`number` (one rule for every reader): blanks around it are
+ignored, the markers in :data:`MISSING` are a missing value, NaN; any other text that is not
+a finite number (``-nan``, ``inf``, ``abc``) is an error naming the file, line and column. Whether a
+missing value is allowed where it stands, and the checks on the table's shape (header
+present, at least one row, no ragged rows), are the caller's business, worded for its users.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+MISSING = frozenset({"", "na", "nan", "n/a", "null", "."})  # missing-value cells, lower case
 
 
 @dataclass(frozen=True)
@@ -109,3 +114,35 @@ def read_rows(path: str | Path) -> CSVRows:
 def skipped_note(path: str | Path, skipped: int) -> str:
     """The note a reader reports for ``skipped`` blank lines at the end of ``path``."""
     return f"{path}: skipped {skipped} blank line(s) at the end of the file"
+
+
+def is_missing(cell: str) -> bool:
+    """Whether ``cell`` is a missing-value marker (see :data:`MISSING`), blanks ignored."""
+    return cell.strip().lower() in MISSING
+
+
+def number(cell: str, path: str | Path, line: int, column: str) -> float:
+    """The value of a numeric cell: a float, or NaN for a missing value.
+
+    Args:
+        cell: the cell's text (blanks around it are ignored).
+        path, line, column: where it stands, for the error message.
+
+    Raises:
+        ValueError: the cell is neither a finite number nor a missing marker.
+    """
+    text = cell.strip()
+    if text.lower() in MISSING:
+        return math.nan
+    try:
+        value = float(text)
+        if math.isnan(value):  # a NaN spelled otherwise than a marker (-nan, +NaN)
+            raise ValueError(text)
+    except ValueError:
+        raise ValueError(
+            f"{path}, line {line}, column {column!r}: {cell!r} is not a number "
+            "(missing values may be left empty or written NA)"
+        ) from None
+    if math.isinf(value):
+        raise ValueError(f"{path}, line {line}, column {column!r}: infinite value {cell!r}")
+    return value

@@ -46,7 +46,7 @@ def s4d_init(name: str, N: int, dtype: torch.dtype = torch.complex64) -> Tensor:
     elif name == "lin":
         A = torch.complex(-0.5 * torch.ones_like(n), math.pi * n)
     else:
-        A = torch.complex(-(n + 1), torch.zeros_like(n))
+        A = torch.complex(s4d_real(N // 2, torch.float64), torch.zeros_like(n))
     return A.to(dtype)
 
 

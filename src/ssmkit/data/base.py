@@ -2,7 +2,8 @@
 
 A task is a frozen config dataclass plus a deterministic builder ``config -> TaskData``.
 Every split is a materialised, right-padded tensor triple ``(x, y, lengths)`` whose meaning
-is fixed by the :class:`TaskSpec` (``kind`` and ``input``):
+is fixed by the :class:`TaskSpec` (``kind`` and ``input``; the kinds are defined, with their
+losses and metrics, in :mod:`ssmkit.core.kinds`):
 
 =================  ==========================================================================
 kind               y
@@ -29,12 +30,12 @@ from pathlib import Path
 import torch
 
 from ssmkit.core.checks import check_choice
-from ssmkit.core.config import base_type, field_types, parse_field
+from ssmkit.core.kinds import IGNORE, TASK_KINDS  # noqa: F401 (IGNORE: ssmkit.data exports it)
+from ssmkit.data.fields import base_type, field_types, parse_field
 
 Tensor = torch.Tensor
 
-IGNORE = -100
-KINDS = ("classification", "regression", "tokens", "forecast")
+KINDS = tuple(TASK_KINDS)
 INPUTS = ("tokens", "features")
 
 
@@ -348,20 +349,16 @@ def check_split(spec: TaskSpec, name: str, s: Split) -> None:
     padded = s.x[pad] if spec.input == "tokens" and spec.pad_id is not None else None
     if padded is not None and not bool((padded == spec.pad_id).all()):
         _fail(spec, name, f"positions past each length must hold pad_id {spec.pad_id}")
-    expected = {
-        "classification": ((b,), torch.int64),
-        "regression": ((b, spec.n_outputs), torch.float32),
-        "tokens": ((b, L), torch.int64),
-        "forecast": ((b, L, spec.n_outputs), torch.float32),
-    }[spec.kind]
-    if tuple(s.y.shape) != expected[0] or s.y.dtype != expected[1]:
+    kind = TASK_KINDS[spec.kind]
+    shape, dtype = kind.y_shape(b, L, spec.n_outputs), kind.y_dtype
+    if tuple(s.y.shape) != shape or s.y.dtype != dtype:
         got = f"{s.y.dtype} {tuple(s.y.shape)}"
-        _fail(spec, name, f"y must be {expected[1]} {expected[0]}, got {got}")
-    if spec.kind in ("classification", "tokens") and b:
-        scored = s.y[s.y != IGNORE] if spec.kind == "tokens" else s.y
+        _fail(spec, name, f"y must be {dtype} {shape}, got {got}")
+    if kind.class_targets and b:
+        scored = s.y if kind.unscored is None else s.y[s.y != kind.unscored]
         if scored.numel() and (int(scored.min()) < 0 or int(scored.max()) >= spec.n_outputs):
             _fail(spec, name, f"targets must lie in [0, {spec.n_outputs}) (or IGNORE for tokens)")
-    if spec.kind in ("regression", "forecast") and not bool(torch.isfinite(s.y).all()):
+    if not kind.class_targets and not bool(torch.isfinite(s.y).all()):
         _fail(spec, name, "y holds NaN or inf")
 
 

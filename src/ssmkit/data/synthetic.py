@@ -33,8 +33,15 @@ def _random_subsets(g: torch.Generator, b: int, n: int, k: int) -> Tensor:
     return torch.rand(b, n, generator=g).argsort(dim=1)[:, :k]
 
 
+@dataclass(frozen=True)
 class _Sizes:
-    """Shared checks for the split sizes of a generated task."""
+    """The split sizes and seed of a generated task, and their checks (fields of every
+    generated task's config, listed before its own)."""
+
+    n_train: int = 10000  # training sequences
+    n_val: int = 1000  # validation sequences
+    n_test: int = 1000  # test sequences
+    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         require_min(self, 1, "n_train")
@@ -63,10 +70,6 @@ class SelectiveCopyingConfig(_Sizes, TaskConfig):
     length: int = 64  # positions among which the data tokens are scattered (paper: 4096)
     n_data: int = 8  # data tokens to remember and copy (paper: 16)
     n_symbols: int = 8  # data vocabulary size, ids 2..n_symbols + 1 (paper: vocabulary 16)
-    n_train: int = 10000  # training sequences
-    n_val: int = 1000  # validation sequences
-    n_test: int = 1000  # test sequences
-    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         super().validate()
@@ -109,10 +112,6 @@ class InductionHeadsConfig(_Sizes, TaskConfig):
 
     length: int = 64  # sequence length (paper: 256 for training)
     n_symbols: int = 16  # ordinary tokens; the trigger is id n_symbols (paper: vocab 16)
-    n_train: int = 10000  # training sequences
-    n_val: int = 1000  # validation sequences
-    n_test: int = 1000  # test sequences
-    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         super().validate()
@@ -160,10 +159,6 @@ class MQARConfig(_Sizes, TaskConfig):
     n_queries: int = 8  # queried keys per sequence, distinct, at most n_pairs
     n_keys: int = 32  # key vocabulary; keys in a sequence are distinct
     n_values: int = 32  # value vocabulary (values may repeat)
-    n_train: int = 10000  # training sequences
-    n_val: int = 1000  # validation sequences
-    n_test: int = 1000  # test sequences
-    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         super().validate()
@@ -225,10 +220,6 @@ class CopyingConfig(_Sizes, TaskConfig):
     delay: int = 50  # T: T - 1 blanks after the symbols, then the delimiter
     n_symbols: int = 8  # alphabet size, ids 1..n_symbols (Arjovsky et al.: 8)
     score_blanks: bool = False  # also score "blank" at every other position (the paper's loss)
-    n_train: int = 10000  # training sequences
-    n_val: int = 1000  # validation sequences
-    n_test: int = 1000  # test sequences
-    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         super().validate()
@@ -269,10 +260,6 @@ class AddingConfig(_Sizes, TaskConfig):
     """Adding problem: sum the two values whose marker channel is 1."""
 
     length: int = 100  # sequence length T
-    n_train: int = 10000  # training sequences
-    n_val: int = 1000  # validation sequences
-    n_test: int = 1000  # test sequences
-    seed: int = 0  # generator seed
 
     def validate(self) -> None:
         super().validate()

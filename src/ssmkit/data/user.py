@@ -22,7 +22,6 @@ std, stored in ``TaskSpec.mean`` / ``TaskSpec.std`` (:func:`denormalize` undoes 
 
 from __future__ import annotations
 
-import math
 import warnings
 from array import array
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssmkit.core.csvrows import RowStream, skipped_note
+from ssmkit.core.csvrows import RowStream, is_missing, number, skipped_note
 from ssmkit.data.base import (
     Split,
     TaskConfig,
@@ -47,7 +46,6 @@ from ssmkit.data.base import (
 )
 
 Tensor = torch.Tensor
-MISSING = {"", "na", "nan", "n/a", "null", "."}  # cells read as missing values (lower case)
 
 
 def _path(config: object) -> Path:
@@ -88,17 +86,6 @@ def _checked_rows(path: Path, stream: RowStream) -> Iterator[tuple[int, list[str
         warnings.warn(skipped_note(path, stream.skipped), stacklevel=2)
     if not n:
         raise ValueError(f"{path}: no data rows after the header")
-
-
-def _number(path: Path, line: int, column: str, cell: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        where = f"{path}, line {line}, column {column!r}"
-        raise ValueError(f"{where}: {cell!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{path}, line {line}, column {column!r}: {cell!r} is not finite")
-    return value
 
 
 def _standardize(x: Tensor, lengths: Tensor, n_train: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -171,13 +158,13 @@ def _read_classification_csv(
         while n and not cells[n - 1]:
             n -= 1
         for j in range(n):
-            if not cells[j] or cells[j].lower() in MISSING:
+            if is_missing(cells[j]):
                 raise ValueError(
                     f"{path}, line {line}, column {header[value_cols[j]]!r}: missing value "
                     f"{cells[j]!r} inside the sequence (only empty cells at the end of a row may "
                     "shorten a sequence; fill or interpolate gaps inside it)"
                 )
-        values.extend([_number(path, line, header[value_cols[j]], cells[j]) for j in range(n)])
+        values.extend([number(cells[j], path, line, header[value_cols[j]]) for j in range(n)])
         values.extend([0.0] * (len(cells) - n))  # padding after a shorter sequence
         if n == 0 or n % c.features:
             raise ValueError(
@@ -309,9 +296,7 @@ def read_series(path: Path, time_column: str | None) -> SeriesTable:
     values, lines, labels = array("d"), [], None if k_time is None else []
     for line, row in rows:
         for j in cols:
-            cell = row[j].strip()
-            missing = cell.lower() in MISSING
-            values.append(math.nan if missing else _number(path, line, header[j], cell))
+            values.append(number(row[j], path, line, header[j]))  # NaN where missing
         lines.append(line)
         if labels is not None:
             labels.append(row[k_time].strip())

@@ -15,15 +15,14 @@ KL annealing factor (beta in ``log_lik - beta * kl``, raised from small to 1 dur
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ssmkit.core.checks import check_bool_mask, check_tensor
+from ssmkit.core.gaussian import LOG_2PI
 
 Tensor = torch.Tensor
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def gaussian_kl(q_mean: Tensor, q_var: Tensor, p_mean: Tensor, p_var: Tensor) -> Tensor:
@@ -43,7 +42,7 @@ def gaussian_kl(q_mean: Tensor, q_var: Tensor, p_mean: Tensor, p_var: Tensor) ->
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
     """log N(x; mean, diag var), summed over the last axis: (*, k) -> (*)."""
-    return -0.5 * (_LOG_2PI + torch.log(var) + (x - mean) ** 2 / var).sum(-1)
+    return -0.5 * (LOG_2PI + torch.log(var) + (x - mean) ** 2 / var).sum(-1)
 
 
 def bernoulli_log_prob(x: Tensor, logits: Tensor) -> Tensor:

@@ -15,12 +15,17 @@ steps, padded outputs are zero and the returned state is the one after step
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import nn
 
 from ssmkit.core.checks import check_finite, check_tensor, values_checked
 
 Tensor = torch.Tensor
+_TRUSTED_LENGTHS: ContextVar[Tensor | None] = ContextVar("ssmkit_trusted_lengths", default=None)
 
 
 class SequenceLayer(nn.Module):
@@ -128,10 +133,30 @@ def check_overflow(layer: nn.Module, y: Tensor, x: Tensor) -> Tensor:
     )
 
 
+@contextmanager
+def trusted_lengths(lengths: Tensor | None) -> Iterator[None]:
+    """Inside the block, :func:`check_lengths` passes this very tensor through unchecked.
+
+    A model validates ``lengths`` once (with :func:`check_lengths`) and runs its layers in
+    this block, so n layers do not check (and, on CPU, read) the same tensor n more times.
+    Any other tensor, and every layer call outside the block, is still checked.
+    """
+    token = _TRUSTED_LENGTHS.set(lengths)
+    try:
+        yield
+    finally:
+        _TRUSTED_LENGTHS.reset(token)
+
+
 def check_lengths(lengths: Tensor | None, batch: int, length: int) -> Tensor | None:
-    """Validate ``lengths: (b,)`` integers in [1, length]; returns them as int64 or None."""
+    """Validate ``lengths: (b,)`` integers in [1, length]; returns them as int64 or None.
+
+    The tensor a model validated and handed to :func:`trusted_lengths` passes unchecked.
+    """
     if lengths is None:
         return None
+    if not torch.compiler.is_compiling() and lengths is _TRUSTED_LENGTHS.get():
+        return lengths  # validated once by the model (int64 already)
     check_tensor("lengths", lengths)
     if lengths.shape != (batch,):
         raise ValueError(

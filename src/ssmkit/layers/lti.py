@@ -316,9 +316,12 @@ class LTILayer(SequenceLayer):
         """A diagonal time-invariant system through :func:`ssmkit.ops.lti_scan`: inject,
         recurrence and readout fused, no (b, l, *s) states kept (on CPU with numba)."""
         u = u.to(real_dtype(sys.state_dtype))
-        y, last = lti_scan(u, sys.A_bar, sys.B_bar, sys.C[0], state, sys.conj, lengths)
+        y, last = lti_scan(
+            u, sys.A_bar, sys.B_bar, sys.C[0], conj=sys.conj, initial_state=state,
+            return_final_state=True, lengths=lengths,
+        )  # fmt: skip
         if self.bidirectional:  # anti-causal: y_t += C x'_{t+1}, x'_t = A x'_{t+1} + B u_t
-            y_back, _ = lti_scan(u.flip(1), sys.A_bar, sys.B_bar, sys.C[1], None, sys.conj)
+            y_back = lti_scan(u.flip(1), sys.A_bar, sys.B_bar, sys.C[1], conj=sys.conj)
             y = y + torch.nn.functional.pad(y_back.flip(1)[:, 1:], (0, 0, 0, 1))
         return y, last if return_state else None
 
@@ -326,8 +329,7 @@ class LTILayer(SequenceLayer):
     def _recurrence(sys: System, bu: Tensor, state: Tensor | None) -> Tensor:
         if not sys.dense:
             a = sys.A_bar if sys.per_step else sys.A_bar.expand(1, 1, *sys.A_bar.shape)
-            states, _ = scan(a, bu, state)
-            return states
+            return scan(a, bu, initial_state=state)
         x = state if state is not None else bu.new_zeros(bu.shape[0], *sys.state_shape)
         out = []
         for bu_t in bu.unbind(1):  # dense transition: the plain loop

@@ -12,7 +12,7 @@ from torch import nn
 
 from ssmkit.core.checks import check_choice, check_int
 from ssmkit.core.discretize import discretize_diag
-from ssmkit.core.init import log_uniform_dt, s4d_init
+from ssmkit.core.init import log_uniform_dt, s4d_init, s4d_real
 from ssmkit.core.params import SSM_LR, ssm_parameter
 from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
@@ -60,7 +60,7 @@ class S4D(LTILayer):
         self.init, self.N = init, N
         h, k = d_model, self.directions
         if init == "real":
-            A = -torch.arange(1, N + 1, dtype=torch.float32)  # (n,)
+            A = s4d_real(N)  # (n,)
             self.conj = False
             self.log_A_real = ssm_parameter(nn.Parameter(torch.log(-A).repeat(h, 1)), lr)
             self.A_imag = None

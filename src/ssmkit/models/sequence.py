@@ -31,8 +31,9 @@ from torch import nn
 
 from ssmkit.core.checks import check_tensor
 from ssmkit.core.dtypes import full_precision
+from ssmkit.core.kinds import TASK_KINDS, TaskKind
 from ssmkit.layers.attention import KVCache
-from ssmkit.layers.base import apply_factory, length_mask
+from ssmkit.layers.base import apply_factory, check_lengths, length_mask, trusted_lengths
 from ssmkit.layers.norms import RMSNorm
 from ssmkit.models.generation import GenerationMixin
 from ssmkit.models.model_config import (  # noqa: F401 (re-exported: the public names)
@@ -129,14 +130,19 @@ class SequenceModel(GenerationMixin, nn.Module):
         apply_factory(self, device, dtype)
 
     @property
+    def kind(self) -> TaskKind:
+        """The task kind the head serves: per-step or pooled, token outputs or not."""
+        return TASK_KINDS[self.io.head]
+
+    @property
     def tied(self) -> bool:
         """Token inputs and a per-step head over the same vocabulary share one matrix."""
-        return self.io.head == "tokens" and self.io.vocab_size == self.io.n_outputs
+        return self.kind.token_outputs and self.io.vocab_size == self.io.n_outputs
 
     @property
     def streams(self) -> bool:
         """Whether ``step`` is available (causal per-step heads with causal layers)."""
-        return self.io.head in ("tokens", "forecast") and not (self._sees_future or self._stateless)
+        return self.kind.per_step and not (self._sees_future or self._stateless)
 
     def initial_state(self, batch: int) -> list:
         """The state of every block before the first step."""
@@ -146,18 +152,26 @@ class SequenceModel(GenerationMixin, nn.Module):
     def forward(
         self,
         x: Tensor,
-        lengths: Tensor | None = None,
         state: list | None = None,
+        lengths: Tensor | None = None,
         return_state: bool = False,
     ) -> Tensor | tuple[Tensor, list | None]:
         """Outputs of the head for ``x`` (b, l) token ids or (b, l, d_input) features.
+
+        The arguments come in the layer protocol's order (:mod:`ssmkit.layers.base`);
+        ``lengths`` (b,) is validated here once, not again by every layer.
 
         Returns (b, n_outputs) for sequence-level heads, (b, l, n_outputs) for per-step
         heads; with ``return_state`` also the state after each item's last valid step.
         """
         if state is not None or return_state:
             self._require_streaming("forward with state")
-        h = self.encoder(self._check_input(x))
+        if state is not None and not isinstance(state, (list, tuple)):
+            raise TypeError(f"state must be a list of block states, got {type(state).__name__}")
+        x = self._check_input(x)
+        if x.ndim >= 2:  # else the first layer names the bad shape
+            lengths = check_lengths(lengths, x.shape[0], x.shape[1])
+        h = self.encoder(x)
         if state is None and self.training and self.cfg.state_init != "zero":
             state = self.training_initial_state(x, lengths)
         states = state if state is not None else [None] * len(self.blocks)
@@ -165,7 +179,7 @@ class SequenceModel(GenerationMixin, nn.Module):
             raise ValueError(f"state must hold {len(self.blocks)} block states, got {len(states)}")
         h, new = self._blocks(h, states, lengths, return_state)
         h = self.norm_f(h)
-        out = self._pool(h, lengths) if self.io.head in ("classification", "regression") else h
+        out = h if self.kind.per_step else self._pool(h, lengths)
         out = self.head(out)
         return (out, new) if return_state else out
 
@@ -189,8 +203,8 @@ class SequenceModel(GenerationMixin, nn.Module):
         x = self._check_input(x)
         b, l = x.shape[0], x.shape[1]
         full = torch.full((b,), l, dtype=torch.int64, device=x.device)
-        lengths = full if lengths is None else lengths.to(x.device, torch.int64)
-        pooled = self.io.head in ("classification", "regression")
+        lengths = full if lengths is None else check_lengths(lengths, b, l).to(x.device)
+        pooled = not self.kind.per_step
         acc = None  # pooled heads: running sum (mean) or the last valid step (last), (b, d)
         states: list = [None] * len(self.blocks)
         for start in range(0, l, chunk):
@@ -241,7 +255,7 @@ class SequenceModel(GenerationMixin, nn.Module):
 
     def check_prompt(self, input_ids: Tensor) -> None:
         """Prompts of :meth:`generate`: token ids for a per-step token head."""
-        if not (self.io.head == "tokens" and self.io.vocab_size is not None):
+        if not (self.kind.token_outputs and self.io.vocab_size is not None):
             raise ValueError("generate needs token inputs and a per-step token head")
         self._check_input(input_ids)
 
@@ -293,9 +307,10 @@ class SequenceModel(GenerationMixin, nn.Module):
     ) -> tuple[Tensor, list]:
         """The residual blocks on the encoded input h (b, l, d) from ``states``."""
         new = []
-        for block, s in zip(self.blocks, states, strict=True):
-            h, s = block(h, s, lengths=lengths, return_state=return_state)
-            new.append(s)
+        with trusted_lengths(lengths):  # validated once by the caller: no check per layer
+            for block, s in zip(self.blocks, states, strict=True):
+                h, s = block(h, s, lengths=lengths, return_state=return_state)
+                new.append(s)
         return h, new
 
     @property

@@ -6,8 +6,9 @@ input's device; ``backend="ref"`` or any registered name forces that implementat
 names are errors that list the valid ones. A backend may also run on ``explicit_devices`` only
 when named (Triton kernels on CPU tensors under Triton's interpreter: a test vehicle, never a
 choice of ``"auto"``). On the ``meta`` device (shape propagation) and while ``torch.compile``
-traces, ``"auto"`` picks the best ``traceable`` backend (pure PyTorch): numba kernels have no
-meta implementation and would break the compiled graph.
+traces, ``"auto"`` picks the best ``traceable`` backend usable on that device: the pure-PyTorch
+ones, and the fused kernels registered as ``torch.library`` custom ops (a fake implementation
+for shapes, a registered backward), which the compiled graph holds as one opaque node.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ class Backend:
     needs: str = ""  # what is_available() requires, named in the error when it is False
     traceable: bool = False  # pure PyTorch: runs on meta tensors and traces with torch.compile
 
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """``with register(...):`` unregisters the backend on leaving the block (tests,
+        experiments), also when it raises, so the global registry never keeps it."""
+        unregister(self.op, self.name)
+
 
 _REGISTRY: dict[str, dict[str, Backend]] = {}
 
@@ -51,7 +60,11 @@ def register(
     needs: str = "",
     traceable: bool = False,
 ) -> Backend:
-    """Register ``fn`` as backend ``name`` of operator ``op``; re-registering a name is an error."""
+    """Register ``fn`` as backend ``name`` of operator ``op``; re-registering a name is an error.
+
+    The returned :class:`Backend` is also a context manager: ``with register(...):`` keeps
+    the backend for the block only (see :func:`unregister`).
+    """
     table = _REGISTRY.setdefault(op, {})
     if name in table:
         raise ValueError(f"backend {name!r} is already registered for op {op!r}")
@@ -71,6 +84,15 @@ def register(
     )
     table[name] = backend
     return backend
+
+
+def unregister(op: str, name: str) -> None:
+    """Remove backend ``name`` of ``op`` (and ``op`` itself when it has no backend left)."""
+    check_choice("op", op, ops())
+    check_choice(f"backend for {op}", name, sorted(_REGISTRY[op]))
+    del _REGISTRY[op][name]
+    if not _REGISTRY[op]:
+        del _REGISTRY[op]
 
 
 def ops() -> list[str]:
@@ -99,7 +121,8 @@ def resolve(op: str, backend: str, device: torch.device | str) -> Backend:
     if backend == "auto" and (dev == "meta" or torch.compiler.is_compiling()):
         best = None  # a plain loop: dynamo traces it
         for b in table.values():
-            if b.traceable and (best is None or b.priority > best.priority):
+            usable = dev == "meta" or (dev in b.devices and b.is_available())
+            if b.traceable and usable and (best is None or b.priority > best.priority):
                 best = b
         return best
     if backend == "auto":

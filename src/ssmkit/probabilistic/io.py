@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from ssmkit.core.csvrows import RowStream, skipped_note
+from ssmkit.core.csvrows import RowStream, number, skipped_note
 
 Tensor = torch.Tensor
-MISSING = {"", "na", "nan", "n/a", "null", "."}
 INDEX_NAMES = {"date", "time", "year", "month", "quarter", "period", "index", "t"}
 DATASETS = Path(__file__).resolve().parent / "datasets"
 
@@ -91,7 +90,7 @@ def read_csv(
     for line, row in stream:
         if len(row) != len(header):
             raise ValueError(f"{path}, line {line}: {len(row)} cells, header has {len(header)}")
-        values.extend([_number(row[j], path, line, header[j]) for j in cols])
+        values.extend([number(row[j], path, line, header[j]) for j in cols])
         if k_index is not None:
             labels.append(row[k_index].strip())
         n, last = n + 1, line
@@ -111,22 +110,6 @@ def read_csv(
             )
     index = None if k_index is None else tuple(labels)
     return Series(y, tuple(columns), index, index_column, notes)
-
-
-def _number(cell: str, path: Path, lineno: int, column: str) -> float:
-    text = cell.strip()
-    if text.lower() in MISSING:
-        return float("nan")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"{path}, line {lineno}, column {column!r}: {cell!r} is not a number "
-            "(missing values may be left empty or written NA)"
-        ) from None
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{path}, line {lineno}, column {column!r}: infinite value {cell!r}")
-    return value
 
 
 def nile_path() -> Path:

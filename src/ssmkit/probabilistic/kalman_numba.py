@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from ssmkit.core.gaussian import LOG_2PI  # a global constant: numba freezes it into the kernels
+
 try:
     import numba
     from numba import njit, prange
@@ -43,7 +45,6 @@ except ImportError:  # the backend is optional (extra "fast")
     numba = None
     prange = range
 
-LOG_2PI = math.log(2 * math.pi)
 TOL = 1e-8  # F_inf at or below this counts as zero (as in ssmkit.probabilistic.diffuse)
 PARALLEL_MIN = 16  # series from which the kernels run in parallel over series
 NORMAL, DIFFUSE = -1, -2  # step kinds in ``src``; >= 0: a steady step using that step's gain

@@ -17,6 +17,7 @@ from ssmkit.core.gaussian import (
     cholesky,
     kalman_gain,
     mask_observation,
+    mv,
     predict,
     symmetrize,
     update,
@@ -25,10 +26,6 @@ from ssmkit.probabilistic.model import Prepared
 from ssmkit.probabilistic.scan import associative_scan
 
 Tensor = torch.Tensor
-
-
-def _mv(A: Tensor, x: Tensor) -> Tensor:
-    return (A @ x.unsqueeze(-1)).squeeze(-1)
 
 
 def filter_combine(left: tuple[Tensor, ...], right: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -40,9 +37,9 @@ def filter_combine(left: tuple[Tensor, ...], right: tuple[Tensor, ...]) -> tuple
     M = torch.linalg.solve(eye + J2 @ C1, A2.mT).mT
     N = torch.linalg.solve(eye + C1 @ J2, A1).mT
     A = M @ A1
-    b = _mv(M, b1 + _mv(C1, e2)) + b2
+    b = mv(M, b1 + mv(C1, e2)) + b2
     C = symmetrize(M @ C1 @ A2.mT + C2)
-    e = _mv(N, e2 - _mv(J2, b1)) + e1
+    e = mv(N, e2 - mv(J2, b1)) + e1
     J = symmetrize(N @ J2 @ A1 + J1)
     return A, b, C, e, J
 
@@ -75,9 +72,9 @@ def parallel_filter(p: Prepared) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
     bb, C, _ = update(c, Q, y, H, R, dd)
     eye = torch.eye(n, dtype=F.dtype, device=F.device)
     A = (eye - K @ H) @ F
-    resid = y - _mv(H, c) - (0 if dd is None else dd)  # (b, l-1, o)
+    resid = y - mv(H, c) - (0 if dd is None else dd)  # (b, l-1, o)
     HF = H @ F  # (b, l-1, o, n)
-    eta = _mv(HF.mT, torch.cholesky_solve(resid.unsqueeze(-1), LS).squeeze(-1))
+    eta = mv(HF.mT, torch.cholesky_solve(resid.unsqueeze(-1), LS).squeeze(-1))
     J = symmetrize(HF.mT @ torch.cholesky_solve(HF, LS))
     zeros = torch.zeros(b, 1, n, n, dtype=F.dtype, device=F.device)
     elems = (
@@ -99,7 +96,7 @@ def smoother_combine(left: tuple[Tensor, ...], right: tuple[Tensor, ...]) -> tup
     """Compose backward kernels: ``left`` is the later block (scan runs from the end)."""
     E1, g1, L1 = left
     E2, g2, L2 = right
-    return E2 @ E1, _mv(E2, g1) + g2, symmetrize(E2 @ L1 @ E2.mT + L2)
+    return E2 @ E1, mv(E2, g1) + g2, symmetrize(E2 @ L1 @ E2.mT + L2)
 
 
 def parallel_smoother(
@@ -117,7 +114,7 @@ def parallel_smoother(
     Fk = F[:, :-1]
     Lp = cholesky(P_pred[:, 1:], "the predicted covariance")
     E = torch.cholesky_solve(Fk @ P[:, :-1], Lp).mT  # (b, l-1, n, n) = P F^T P_pred^{-1}
-    g = m[:, :-1] - _mv(E, m_pred[:, 1:])
+    g = m[:, :-1] - mv(E, m_pred[:, 1:])
     Lk = symmetrize(P[:, :-1] - E @ Fk @ P[:, :-1])
     zeros = torch.zeros_like(P[:, -1:])
     elems = (

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ssmkit import data
-from ssmkit.core.config import base_type, field_types, parse_field
+from ssmkit.data.fields import base_type, field_types, parse_field
 from ssmkit.models.sequence import ModelConfig
 
 SCHEDULES = ("cosine", "constant")

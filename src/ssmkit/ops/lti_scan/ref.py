@@ -57,6 +57,6 @@ def lti_scan_ref(
     """
     mimo = A_bar.ndim == 1
     bu = inject(u, B_bar, mimo).to(x0.dtype)  # (b, l, *s)
-    states, _ = scan(A_bar.expand(1, 1, *A_bar.shape), bu, x0)  # (b, l, *s)
+    states = scan(A_bar.expand(1, 1, *A_bar.shape), bu, initial_state=x0)  # (b, l, *s)
     y = readout(states, C, conj, mimo)
     return y, states[torch.arange(u.shape[0], device=u.device), last]

@@ -49,8 +49,13 @@ registry.register(
 
 
 def scan(
-    a: Tensor, b: Tensor, initial_state: Tensor | None = None, backend: str = "auto"
-) -> tuple[Tensor, Tensor]:
+    a: Tensor,
+    b: Tensor,
+    *,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> Tensor | tuple[Tensor, Tensor]:
     """Run the diagonal linear recurrence h_t = a_t * h_{t-1} + b_t over the length axis.
 
     Args:
@@ -58,10 +63,12 @@ def scan(
             for a time-invariant system). Real or complex.
         b: (b, l, *s) per-step input. Real or complex; the two are promoted to a common dtype.
         initial_state: (b, *s) h_{-1}; zeros when omitted. Differentiable.
+        return_final_state: also return the final state h_{l-1}.
         backend: "auto", "ref" or a registered name (see ``ssmkit.ops.registry.backends``).
 
     Returns:
-        h: (b, l, *s) all states, and h_last: (b, *s) the final state.
+        h: (b, l, *s) all states; ``(h, final_state)`` with final_state (b, *s) when
+        ``return_final_state`` (the rule of every op, see :mod:`ssmkit.ops`).
     """
     check_tensor("a", a)
     check_tensor("b", b)
@@ -97,4 +104,4 @@ def scan(
         h0 = initial_state.to(dtype)
     impl = registry.resolve("scan", backend, b.device)
     h = impl.fn(a.to(dtype).expand(b.shape), b.to(dtype), h0)
-    return h, h[:, -1]
+    return (h, h[:, -1]) if return_final_state else h

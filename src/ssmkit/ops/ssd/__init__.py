@@ -52,6 +52,7 @@ def ssd(
     A: Tensor,
     B: Tensor,
     C: Tensor,
+    *,
     chunk_size: int = 64,
     D: Tensor | None = None,
     z: Tensor | None = None,
@@ -59,24 +60,25 @@ def ssd(
     dt_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
-    backend: str = "auto",
     reset: Tensor | None = None,
+    backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba-2's selective SSM with scalar A per head (see :mod:`.ref`).
 
     Args:
         x: (b, l, h, p) inputs by head. dt: (b, l, h) raw step sizes.
         A: (h,) real, <= 0. B, C: (b, l, g, n) with g dividing h.
-        chunk_size: steps per chunk of the chunked backend.
+        chunk_size: steps per chunk, passed to every backend (``ref`` ignores it).
         D: (h,) or (h, p) skip. z: (b, l, h, p) gate (y * silu(z)). dt_bias: (h,).
         dt_softplus: delta = softplus(dt + dt_bias).
         initial_state: (b, h, p, n); differentiable.
         return_final_state: also return the (b, h, p, n) final state.
-        backend: "auto", "ref", "chunked" or "triton".
         reset: (b, l) bool, True where a packed sequence starts (state zeroed before it).
+        backend: "auto", "ref", "chunked" or "triton".
 
     Returns:
-        y: (b, l, h, p), and the final state when ``return_final_state``.
+        y: (b, l, h, p); ``(y, final_state)`` with final_state (b, h, p, n) when
+        ``return_final_state`` (the rule of every op, see :mod:`ssmkit.ops`).
     """
     b, _, h, p, n = _check(x, dt, A, B, C, D, z, dt_bias, initial_state)
     check_int("chunk_size", chunk_size, minimum=1)
@@ -88,10 +90,7 @@ def ssd(
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
     keep = None if keep is None else keep.to(x.dtype)
-    if impl.name in ("chunked", "triton"):
-        y, last = impl.fn(*args, keep, chunk_size=chunk_size)
-    else:
-        y, last = impl.fn(*args, keep)
+    y, last = impl.fn(*args, keep, chunk_size)  # every backend: the same arguments
     if D is not None:
         y = y + (D.unsqueeze(-1) if D.ndim == 1 else D) * x
     if z is not None:

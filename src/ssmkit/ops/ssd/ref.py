@@ -29,6 +29,7 @@ def ssd_ref(
     C: Tensor,
     h0: Tensor,
     keep: Tensor | None = None,
+    chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
     """The SSD recurrence, one step at a time (axes as in :mod:`ssmkit._typing`).
 
@@ -36,6 +37,8 @@ def ssd_ref(
         x: (b, l, h, p) inputs. delta: (b, l, h) step sizes. A: (h,) scalar A per head.
         B, C: (b, l, g, n), shared by the heads of a group. h0: (b, h, p, n) initial state.
         keep: (b, l) 0 where a packed sequence starts (state reset before that step).
+        chunk_size: ignored (the loop has no chunks); accepted so that every backend of
+            ``ssd`` takes the same arguments.
 
     Returns:
         y (b, l, h, p) without D and z, and the final state (b, h, p, n).

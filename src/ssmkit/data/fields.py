@@ -1,5 +1,9 @@
 """Config dataclasses from strings: the one parser behind ``--FIELD VALUE`` overrides.
 
+It lives in ``data``, the lowest layer that reads configs from strings (task configs:
+``--task.FIELD``, :func:`ssmkit.data.base.override_config`); ``train`` imports it from
+here for the train and model configs (``--FIELD``).
+
 Configs are frozen dataclasses whose fields are plain ``int``, ``float``, ``str``, ``bool``,
 ``Path`` or one of those ``| None``. :func:`parse_field` turns a command-line string into the
 field's type; ``none``/``null`` (and an empty string) give ``None`` for optional fields.

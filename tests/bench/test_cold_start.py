@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmkit.ops import selective_scan
-from ssmkit.ops.selective_scan import cpu_numba
+from ssmkit.ops.selective_scan import cpu_numba, custom_op
 from ssmkit.testing import assert_close, randn
 
 pytestmark = pytest.mark.skipif(not cpu_numba.available(), reason="numba not installed")
@@ -27,9 +27,9 @@ def test_auto_runs_a_pure_pytorch_backend_while_the_kernels_compile(monkeypatch,
     monkeypatch.setattr(cpu_numba, "ready", lambda dtype: False)
     monkeypatch.setattr(cpu_numba, "warm_up", lambda dtype, wait=True: started.append(wait))
     called = []
-    original = cpu_numba.NumbaSelectiveScan.apply
+    original = custom_op.selective_scan_numba
     monkeypatch.setattr(
-        cpu_numba.NumbaSelectiveScan, "apply", lambda *a: called.append(1) or original(*a)
+        custom_op, "selective_scan_numba", lambda *a: called.append(1) or original(*a)
     )
     args = problem(l)
     y = selective_scan(*args, dt_softplus=True, backend="auto")

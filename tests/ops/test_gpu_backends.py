@@ -48,7 +48,10 @@ def _check(fn, inputs, backend):
 @pytest.mark.parametrize("L", [1, 63, 1031])
 def test_selective_scan_on_cuda(backend, L):
     def fn(be, u, dt, A, B, C, D, z, bias, h0):
-        return selective_scan(u, dt, A, B, C, D, z, bias, True, h0, True, backend=be)
+        return selective_scan(
+            u, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=True, initial_state=h0,
+            return_final_state=True, backend=be,
+        )  # fmt: skip
 
     _check(fn, test_selective_scan.problem(b=2, l=L, d=64, n=16, g=2), backend)
 
@@ -57,19 +60,27 @@ def test_selective_scan_on_cuda(backend, L):
 @pytest.mark.parametrize("L", [1, 63, 1031])
 def test_ssd_on_cuda(backend, L):
     def fn(be, x, dt, A, B, C, D, z, bias, h0):
-        return ssd(x, dt, A, B, C, 64, D, z, bias, True, h0, True, backend=be)
+        return ssd(
+            x, dt, A, B, C, chunk_size=64, D=D, z=z, dt_bias=bias, dt_softplus=True,
+            initial_state=h0, return_final_state=True, backend=be,
+        )  # fmt: skip
 
     inputs = test_ssd.problem(b=2, l=L, h=4, p=16, n=16, g=2)
     _check(fn, inputs, backend)
 
 
 @pytest.mark.parametrize("backend", _cuda_backends("lti_scan"))
+@pytest.mark.parametrize("kind", ["siso", "mimo"])  # MIMO: S5's fused diagonal scan
 @pytest.mark.parametrize("L", [1, 63, 1031])
-def test_lti_scan_on_cuda(backend, L):
-    inputs, conj = test_lti_scan.problem("siso", b=2, l=L, h=64, n=16)
+def test_lti_scan_on_cuda(backend, kind, L):
+    n = 16 if kind == "siso" else 65  # MIMO: modes across two program blocks, one partial
+    inputs, conj = test_lti_scan.problem(kind, b=2, l=L, h=64, n=n, dtype=torch.float32)
     u, A, B, C, state = inputs
 
     def fn(be, u):  # the system's parameters fixed, on the device
-        return lti_scan(u, A.cuda(), B.cuda(), C.cuda(), state.cuda(), conj, backend=be)
+        return lti_scan(
+            u, A.cuda(), B.cuda(), C.cuda(), conj=conj, initial_state=state.cuda(),
+            return_final_state=True, backend=be,
+        )  # fmt: skip
 
     _check(fn, [u], backend)

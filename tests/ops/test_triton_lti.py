@@ -15,10 +15,10 @@ import torch
 
 pytest.importorskip("triton")  # CI installs it (extra "gpu"): there this never skips
 
-from ssmkit.ops import lti_scan, registry
+from ssmkit.ops import registry
 from ssmkit.ops.lti_scan import triton_backend, triton_kernels
 from ssmkit.testing import assert_close, randn
-from tests.ops.test_lti_scan import problem
+from tests.ops.test_lti_scan import problem, run
 
 NAMES = ["u", "A_bar", "B_bar", "C", "initial_state"]
 
@@ -27,7 +27,7 @@ def outputs_and_grads(backend, inputs, conj, lengths=None):
     """(y, x_last) and the gradients of a fixed random projection of both, from one forward."""
     xs = [x.clone().requires_grad_(True) if x is not None else None for x in inputs]
     leaves = [x for x in xs if x is not None]
-    y, h = lti_scan(*xs, conj=conj, lengths=lengths, backend=backend)
+    y, h = run(*xs, conj=conj, lengths=lengths, backend=backend)
     total = (y * randn(*y.shape, dtype=y.dtype, seed=1)).sum()
     w = randn(*h.shape, dtype=h.dtype, seed=2)
     total = total + ((h * w.conj()).real if h.is_complex() else h * w).sum()
@@ -106,4 +106,4 @@ def test_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     inputs, conj = problem("siso", l=3)
     with pytest.raises(RuntimeError, match="only under Triton's interpreter: set TRITON_INTERPRET"):
-        lti_scan(*inputs, conj=conj, backend="triton")
+        run(*inputs, conj=conj, backend="triton")

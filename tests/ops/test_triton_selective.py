@@ -27,8 +27,9 @@ from tests.ops.test_selective_scan import problem
 def run(backend, xs, softplus=True, reset=None):
     u, dt, A, B, C, D, z, bias, h0 = xs
     return selective_scan(
-        u, dt, A, B, C, D, z, bias, softplus, h0, True, backend=backend, reset=reset
-    )
+        u, dt, A, B, C, D=D, z=z, dt_bias=bias, dt_softplus=softplus, initial_state=h0,
+        return_final_state=True, reset=reset, backend=backend,
+    )  # fmt: skip
 
 
 def outputs_and_grads(backend, inputs, softplus=True, reset=None):

@@ -69,4 +69,5 @@ def register(op: str, fn: object, priority: int, description: str) -> None:
         description=description,
         is_available=available,
         needs=NEEDS,
+        traceable=True,  # a torch.library custom op: one node in a compiled graph
     )

@@ -39,6 +39,7 @@ registry.register(
     priority=20,
     description="fused CPU kernels (numba), recomputing backward",
     is_available=cpu_numba.available,
+    traceable=True,  # a torch.library custom op: one node in a compiled graph
 )
 triton_support.register(
     "lti_scan",
@@ -53,11 +54,13 @@ def lti_scan(
     A_bar: Tensor,
     B_bar: Tensor,
     C: Tensor,
-    initial_state: Tensor | None = None,
+    *,
     conj: bool = False,
+    initial_state: Tensor | None = None,
+    return_final_state: bool = False,
     lengths: Tensor | None = None,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Run a discretised diagonal LTI system over a sequence (see :mod:`.ref` for the equations).
 
     SISO or MIMO follows from ``A_bar``: (h, n) is one n-mode system per channel (S4D, DSS;
@@ -68,15 +71,17 @@ def lti_scan(
         A_bar: SISO (h, n) or MIMO (n,) diagonal transition, real or complex of u's precision.
         B_bar: SISO (h, n) or MIMO (n, h) input matrix, same precision.
         C: (h, n) output matrix, same precision.
+        conj: every stored mode stands for a conjugate pair: y = 2 Re(C x), else Re(C x).
         initial_state: (b, *s) state before the first step, of dtype promote(A_bar, B_bar);
             zeros when omitted. Differentiable.
-        conj: every stored mode stands for a conjugate pair: y = 2 Re(C x), else Re(C x).
+        return_final_state: also return the final state.
         lengths: (b,) valid steps of a right-padded batch; the returned state is the one after
             each item's last valid step (y is computed at every step).
         backend: "auto", "ref", "numba", "triton" (see ``ssmkit.ops.registry``).
 
     Returns:
-        y: (b, l, h) in u's dtype, and the final state (b, *s).
+        y: (b, l, h) in u's dtype; ``(y, final_state)`` with final_state (b, *s) when
+        ``return_final_state`` (the rule of every op, see :mod:`ssmkit.ops`).
     """
     b, length, mimo = _check(u, A_bar, B_bar, C, conj)
     dtype = torch.promote_types(A_bar.dtype, B_bar.dtype)
@@ -93,7 +98,8 @@ def lti_scan(
         x0 = check_finite("initial_state", initial_state, hot=True)
     last = _last_steps(lengths, b, length, u.device)
     impl = registry.resolve("lti_scan", backend, u.device)
-    return impl.fn(u, A_bar, B_bar, C, x0, conj, last)
+    y, final_state = impl.fn(u, A_bar, B_bar, C, x0, conj, last)
+    return (y, final_state) if return_final_state else y
 
 
 def _check(u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, conj: bool) -> tuple[int, int, bool]:

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ssmkit.ops.lti_scan import custom_op
 from ssmkit.ops.lti_scan.ref import lti_scan_ref
 from ssmkit.ops.selective_scan.cpu_numba import compiling_note
 
@@ -194,8 +195,8 @@ def _join(parts: Tensor, like: Tensor) -> Tensor:
     """Inverse of :func:`_parts` in the dtype of ``like`` (a real one keeps the real part)."""
     x = parts.transpose(-1, -2)  # (..., 2, h, n)
     if like.is_complex():
-        return torch.complex(x[..., 0, :, :], x[..., 1, :, :]).to(like.dtype)
-    return x[..., 0, :, :].to(like.dtype).contiguous()
+        return torch.complex(x[..., 0, :, :], x[..., 1, :, :]).to(like.dtype).contiguous()
+    return x[..., 0, :, :].to(like.dtype, copy=True).contiguous()  # never a view of parts
 
 
 @contextlib.contextmanager
@@ -225,47 +226,68 @@ def _call(kernel, *args) -> None:
             kernel(*args)
 
 
-class NumbaLTIScan(torch.autograd.Function):
-    """``apply(u, A_bar, B_bar, C, x0, last, scale) -> (y, x_last)``, SISO (first derivatives)."""
+def fused_forward(
+    u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, x0: Tensor, last: Tensor, scale: float,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Launch the SISO forward kernel (no autograd: :mod:`.custom_op` wraps it).
 
-    @staticmethod
-    def forward(ctx, u, A_bar, B_bar, C, x0, last, scale):
-        b, L, h = u.shape
-        n = A_bar.shape[-1]
-        dtype = u.dtype
-        P = torch.cat([_parts(A_bar, dtype), _parts(B_bar, dtype), _parts(scale * C, dtype)])
-        y = np.empty((b, L, h), dtype=_np(u).dtype)
-        xlast = np.empty((b, 2, n, h), dtype=y.dtype)
-        ckpt = np.empty((b, -(-L // CHUNK), 2, n, h), dtype=y.dtype)
-        with _threads(b, L, h, n):
-            _call(_fwd, _np(u), _np(P), _np(_parts(x0, dtype)), _np(last), y, xlast, ckpt, CHUNK)
-        ctx.save_for_backward(u, P, last, torch.from_numpy(ckpt), A_bar, B_bar, C, x0)
-        ctx.scale = scale
-        return torch.from_numpy(y), _join(torch.from_numpy(xlast), x0)
+    Args:
+        u: (b, l, h) real. A_bar, B_bar, C: (h, n), real or complex. x0: (b, h, n).
+        last: (b,) int64, the step whose state each item returns. scale: s (1 or 2).
+        chunk: steps between stored states.
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dxlast):
-        u, P, last, ckpt, A_bar, B_bar, C, x0 = ctx.saved_tensors
-        b, L, h = u.shape
-        n = A_bar.shape[-1]
-        dtype = np.dtype(_np(u).dtype)
-        dy = np.zeros((b, L, h), dtype) if dy is None else _np(dy.to(u.dtype))
-        dx = np.zeros((b, 2, n, h), dtype) if dxlast is None else _np(_parts(dxlast, u.dtype))
-        du = np.empty((b, L, h), dtype)
-        dP = np.empty((b, 6, n, h), dtype)
-        dx0 = np.empty((b, 2, n, h), dtype)
-        with _threads(b, L, h, n):
-            _call(_bwd, _np(u), _np(P), _np(last), _np(ckpt), dy, dx, du, dP, dx0, CHUNK)
-        dP = torch.from_numpy(dP).sum(0)  # (6, n, h), over the batch in a fixed order
-        grads = (
-            torch.from_numpy(du),
-            _join(dP[0:2], A_bar),
-            _join(dP[2:4], B_bar),
-            _join(dP[4:6], C) * ctx.scale,
-            _join(torch.from_numpy(dx0), x0),
-        )
-        return (*grads, None, None)
+    Returns:
+        y (b, l, h), x_last (b, h, n) in x0's dtype, stored states (b, l / chunk, 2, n, h).
+    """
+    b, L, h = u.shape
+    n = A_bar.shape[-1]
+    dtype = u.dtype
+    P = _params(A_bar, B_bar, C, scale, dtype)
+    y = np.empty((b, L, h), dtype=_np(u).dtype)
+    xlast = np.empty((b, 2, n, h), dtype=y.dtype)
+    ckpt = np.empty((b, -(-L // chunk), 2, n, h), dtype=y.dtype)
+    with _threads(b, L, h, n):
+        _call(_fwd, _np(u), _np(P), _np(_parts(x0, dtype)), _np(last), y, xlast, ckpt, chunk)
+    return torch.from_numpy(y), _join(torch.from_numpy(xlast), x0), torch.from_numpy(ckpt)
+
+
+def fused_backward(
+    u: Tensor, A_bar: Tensor, B_bar: Tensor, C: Tensor, x0: Tensor, last: Tensor, ckpt: Tensor,
+    dy: Tensor, dxlast: Tensor, scale: float, chunk: int,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """Launch the SISO recomputing backward kernel (no autograd: :mod:`.custom_op` wraps it).
+
+    Args:
+        u, A_bar, B_bar, C, x0, last, scale, chunk: as :func:`fused_forward`. ckpt: its stored
+            states. dy: (b, l, h) gradient of y. dxlast: (b, h, n) gradient of x_last.
+
+    Returns:
+        du, dA_bar, dB_bar, dC, dx0 in the shapes and dtypes of u, A_bar, B_bar, C, x0.
+    """
+    b, L, h = u.shape
+    n = A_bar.shape[-1]
+    dtype = np.dtype(_np(u).dtype)
+    P = _params(A_bar, B_bar, C, scale, u.dtype)
+    dy, dx = _np(dy.to(u.dtype)), _np(_parts(dxlast, u.dtype))
+    du = np.empty((b, L, h), dtype)
+    dP = np.empty((b, 6, n, h), dtype)
+    dx0 = np.empty((b, 2, n, h), dtype)
+    with _threads(b, L, h, n):
+        _call(_bwd, _np(u), _np(P), _np(last), _np(ckpt), dy, dx, du, dP, dx0, chunk)
+    dP = torch.from_numpy(dP).sum(0)  # (6, n, h), over the batch in a fixed order
+    return (
+        torch.from_numpy(du),
+        _join(dP[0:2], A_bar),
+        _join(dP[2:4], B_bar),
+        _join(dP[4:6], C) * scale,
+        _join(torch.from_numpy(dx0), x0),
+    )
+
+
+def _params(A_bar: Tensor, B_bar: Tensor, C: Tensor, scale: float, dtype) -> Tensor:
+    """(6, n, h): the real and imaginary parts of A_bar, B_bar and s C, as the kernels read them."""
+    return torch.cat([_parts(A_bar, dtype), _parts(B_bar, dtype), _parts(scale * C, dtype)])
 
 
 def lti_scan_numba(
@@ -278,4 +300,7 @@ def lti_scan_numba(
     """
     if A_bar.ndim == 1:
         return lti_scan_ref(u, A_bar, B_bar, C, x0, conj, last)
-    return NumbaLTIScan.apply(u, A_bar, B_bar, C, x0, last, 2.0 if conj else 1.0)
+    y, x_last, _ = custom_op.lti_scan_numba(
+        u, A_bar, B_bar, C, x0, last, 2.0 if conj else 1.0, CHUNK
+    )
+    return y, x_last

@@ -52,6 +52,7 @@ registry.register(
     priority=20,
     description="fused CPU kernels (numba), recomputing backward",
     is_available=cpu_numba.available,
+    traceable=True,  # a torch.library custom op: one node in a compiled graph
 )
 triton_support.register(
     "selective_scan",
@@ -67,14 +68,15 @@ def selective_scan(
     A: Tensor,
     B: Tensor,
     C: Tensor,
+    *,
     D: Tensor | None = None,
     z: Tensor | None = None,
     dt_bias: Tensor | None = None,
     dt_softplus: bool = False,
     initial_state: Tensor | None = None,
     return_final_state: bool = False,
-    backend: str = "auto",
     reset: Tensor | None = None,
+    backend: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba's selective SSM over a sequence (see :mod:`.ref` for the equations).
 
@@ -86,12 +88,13 @@ def selective_scan(
         dt_softplus: delta = softplus(dt + dt_bias) instead of dt + dt_bias.
         initial_state: (b, d, n) state before the first step; differentiable.
         return_final_state: also return the (b, d, n) state after the last step.
-        backend: "auto", "ref", "chunked", "numba", "triton" (see ``ssmkit.ops.registry``).
         reset: (b, l) bool, True where a packed sequence starts: the state is zeroed before
             that step (``initial_state`` applies until the first reset).
+        backend: "auto", "ref", "chunked", "numba", "triton" (see ``ssmkit.ops.registry``).
 
     Returns:
-        y: (b, l, d), and the final state when ``return_final_state``.
+        y: (b, l, d); ``(y, final_state)`` with final_state (b, d, n) when
+        ``return_final_state`` (the rule of every op, see :mod:`ssmkit.ops`).
     """
     b, _, d, n = _check(u, dt, A, B, C, D, z, dt_bias, initial_state)
     dtype = u.dtype
@@ -100,7 +103,8 @@ def selective_scan(
     h0 = initial_state if initial_state is not None else u.new_zeros(b, d, n)
     delta = delta_of(dt, dt_bias, dt_softplus)
     impl = registry.resolve("selective_scan", backend, u.device)
-    if backend == "auto" and impl.name == "numba" and not cpu_numba.ready(dtype):
+    compiling = torch.compiler.is_compiling()  # the graph holds the op: no cold-start swap
+    if backend == "auto" and impl.name == "numba" and not compiling and not cpu_numba.ready(dtype):
         cpu_numba.warm_up(dtype, wait=False)  # compile in the background (cold start)
         # meanwhile: the loop for small problems (chunked's checkpointing imports dynamo, s)
         small = u.shape[1] * b * d * n <= COLD_REF_MAX

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ssmkit.ops.selective_scan import custom_op
+
 try:
     import numba
     from llvmlite import binding as llvm
@@ -383,51 +385,73 @@ def _tiny_run(dtype: torch.dtype) -> None:
     y.sum().backward()
 
 
-class NumbaSelectiveScan(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels (first derivatives only)."""
+def fused_forward(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, keep: Tensor, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the forward kernel (no autograd: :mod:`.custom_op` wraps it).
 
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0, keep):
-        b, L, d = u.shape
-        n = A.shape[1]
-        _threads()
-        tiles = _tiles(d, B.shape[2])
-        At = _scaled_At(A)
-        y = np.empty((b, L, d), dtype=_np(u).dtype)
-        hlast = np.empty((b, d, n), dtype=y.dtype)
-        ckpt = np.empty((b, -(-L // CHUNK), n, d), dtype=y.dtype)
-        args = (_np(u), _np(delta), At, _np(B), _np(C), _np(h0), _np(keep), tiles)
-        with _LAUNCH:
-            _fwd(*args, y, hlast, ckpt, CHUNK)
-        ctx.save_for_backward(u, delta, A, B, C, keep, torch.from_numpy(ckpt))
-        return torch.from_numpy(y), torch.from_numpy(hlast)
+    Args:
+        u, delta: (b, l, d). A: (d, n). B, C: (b, l, g, n). h0: (b, d, n). keep: (b, l).
+        chunk: steps between stored states.
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, dhlast):
-        u, delta, A, B, C, keep, ckpt = ctx.saved_tensors
-        b, L, d = u.shape
-        n = A.shape[1]
-        dtype = _np(u).dtype
-        dy = np.zeros((b, L, d), dtype) if dy is None else _np(dy)
-        dhlast = np.zeros((b, d, n), dtype) if dhlast is None else _np(dhlast)
-        tiles = _tiles(d, B.shape[2])
-        blocks = min(len(tiles), _threads() * BLOCKS_PER_THREAD)
-        bounds = np.array([len(tiles) * i // blocks for i in range(blocks + 1)], dtype=np.int64)
-        du = np.empty((b, L, d), dtype)
-        ddelta = np.empty((b, L, d), dtype)
-        dh0 = np.empty((b, d, n), dtype)
-        dA_b = np.empty((b, d, n), dtype)
-        dB_blk = np.zeros((blocks, *B.shape), dtype)
-        dC_blk = np.zeros((blocks, *C.shape), dtype)
-        with _LAUNCH:
-            _bwd(
-                _np(u), _np(delta), _scaled_At(A), _np(B), _np(C), _np(keep), tiles, bounds,
-                _np(ckpt), dy, dhlast, du, ddelta, dA_b, dB_blk, dC_blk, dh0, CHUNK,
-            )  # fmt: skip
-        t = torch.from_numpy
-        grads = (t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0))
-        return (*grads, None)
+    Returns:
+        y (b, l, d), h_last (b, d, n) and the stored states ckpt (b, l / chunk, n, d).
+    """
+    b, L, d = u.shape
+    n = A.shape[1]
+    _threads()
+    tiles = _tiles(d, B.shape[2])
+    At = _scaled_At(A)
+    y = np.empty((b, L, d), dtype=_np(u).dtype)
+    hlast = np.empty((b, d, n), dtype=y.dtype)
+    ckpt = np.empty((b, -(-L // chunk), n, d), dtype=y.dtype)
+    args = (_np(u), _np(delta), At, _np(B), _np(C), _np(h0), _np(keep), tiles)
+    with _LAUNCH:
+        _fwd(*args, y, hlast, ckpt, chunk)
+    return torch.from_numpy(y), torch.from_numpy(hlast), torch.from_numpy(ckpt)
+
+
+def fused_backward(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    keep: Tensor,
+    ckpt: Tensor,
+    dy: Tensor,
+    dhlast: Tensor,
+    chunk: int,
+) -> tuple[Tensor, ...]:
+    """Launch the recomputing backward kernel (no autograd: :mod:`.custom_op` wraps it).
+
+    Args:
+        u, delta, A, B, C, keep: the forward's inputs. ckpt: its stored states.
+        dy: (b, l, d) gradient of y. dhlast: (b, d, n) gradient of the final state.
+        chunk: the forward's steps between stored states.
+
+    Returns:
+        du, ddelta, dA, dB, dC, dh0 in the shapes of u, delta, A, B, C, h0.
+    """
+    b, L, d = u.shape
+    n = A.shape[1]
+    dtype = _np(u).dtype
+    tiles = _tiles(d, B.shape[2])
+    blocks = min(len(tiles), _threads() * BLOCKS_PER_THREAD)
+    bounds = np.array([len(tiles) * i // blocks for i in range(blocks + 1)], dtype=np.int64)
+    du = np.empty((b, L, d), dtype)
+    ddelta = np.empty((b, L, d), dtype)
+    dh0 = np.empty((b, d, n), dtype)
+    dA_b = np.empty((b, d, n), dtype)
+    dB_blk = np.zeros((blocks, *B.shape), dtype)
+    dC_blk = np.zeros((blocks, *C.shape), dtype)
+    with _LAUNCH:
+        _bwd(
+            _np(u), _np(delta), _scaled_At(A), _np(B), _np(C), _np(keep), tiles, bounds,
+            _np(ckpt), _np(dy), _np(dhlast), du, ddelta, dA_b, dB_blk, dC_blk, dh0, chunk,
+        )  # fmt: skip
+    t = torch.from_numpy
+    return t(du), t(ddelta), t(dA_b).sum(0), t(dB_blk).sum(0), t(dC_blk).sum(0), t(dh0)
 
 
 def selective_scan_numba(
@@ -442,4 +466,5 @@ def selective_scan_numba(
     """Same contract as :func:`ssmkit.ops.selective_scan.ref.selective_scan_ref` (CPU)."""
     if keep is None:
         keep = u.new_ones(u.shape[:2])
-    return NumbaSelectiveScan.apply(u, delta, A, B, C, h0, keep.to(u.dtype))
+    y, h_last, _ = custom_op.selective_scan_numba(u, delta, A, B, C, h0, keep.to(u.dtype), CHUNK)
+    return y, h_last

@@ -19,9 +19,9 @@ set before Triton is first imported), which is how CI tests it without a GPU.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ssmkit.ops import triton_support
+from ssmkit.ops.ssd import custom_op
 from ssmkit.ops.ssd.chunked import CHUNK
 
 Tensor = torch.Tensor
@@ -54,14 +54,11 @@ def ssd_triton(
             ``TRITON_INTERPRET=1`` (see :func:`ssmkit.ops.triton_support.check_launch`).
         ValueError: a device other than cuda and cpu, or chunk_size < 1.
     """
-    if not available():
-        raise RuntimeError(f"the 'triton' backend of ssd needs {triton_support.NEEDS}")
-    from ssmkit.ops.ssd import triton_kernels  # lazy: Triton is optional
-
-    triton_support.check_launch(x.device, triton_kernels.chunk_scan_kernel)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _SSDTriton.apply(x, delta, A, B, C, h0, keep, min(chunk_size, x.shape[1]))
+    chunk_size = min(chunk_size, x.shape[1])
+    y, last, *_ = custom_op.ssd_triton(x, delta, A, B, C, h0, keep, chunk_size)
+    return y, last
 
 
 def ssd_triton_forward(
@@ -73,18 +70,22 @@ def ssd_triton_forward(
     h0: Tensor,
     keep: Tensor | None,
     chunk_size: int,
-) -> tuple[Tensor, Tensor]:
-    """Launch the four forward kernels; arguments as :func:`ssd_triton` (no autograd).
+) -> tuple[Tensor, ...]:
+    """Launch the four forward kernels; arguments as :func:`ssd_triton` (no autograd:
+    :mod:`.custom_op` wraps it).
 
     Returns:
         y (b, l, h, p), the final state (b, h, p, n) and, for the backward, the running sums
         s (b, h, c, t), the chunk decays dec (b, h, c) and the entering states prev
         (b, c, h, p, n), in the accumulation dtype.
     """
+    if not available():
+        raise RuntimeError(f"the 'triton' backend of ssd needs {triton_support.NEEDS}")
     import triton.language as tl
 
     from ssmkit.ops.ssd import triton_kernels as K  # lazy: Triton is optional
 
+    triton_support.check_launch(x.device, K.chunk_scan_kernel)
     b, l, h, p = x.shape
     g, n = B.shape[2:]
     T = chunk_size
@@ -123,7 +124,7 @@ def ssd_triton_forward(
         *x_strides, *d_strides, *B_strides, *C_strides, *keep_strides, *y.stride(),
         HAS_RESET=has_reset, ACC=ACC, BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn,
     )  # fmt: skip
-    return y, final.to(x.dtype), (s, dec, prev)
+    return y, final.to(x.dtype), s, dec, prev
 
 
 def ssd_triton_backward(
@@ -186,18 +187,3 @@ def ssd_triton_backward(
     dC = dC_h.view(b, l, g, h // g, n).sum(3)
     grads = dx, ddelta, dA.sum((0, 2)), dB, dC, dh0
     return tuple(t.to(x.dtype) for t in grads)
-
-
-class _SSDTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, delta, A, B, C, h0, keep, chunk_size):
-        y, last, (s, dec, prev) = ssd_triton_forward(x, delta, A, B, C, h0, keep, chunk_size)
-        ctx.save_for_backward(x, delta, A, B, C, keep, s, dec, prev)
-        ctx.chunk_size = chunk_size
-        return y, last
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dlast):
-        grads = ssd_triton_backward(ctx.saved_tensors, dy, dlast, ctx.chunk_size)
-        return (*grads, None, None)

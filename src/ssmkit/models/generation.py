@@ -26,9 +26,11 @@ from typing import Protocol
 
 import torch
 
-from ssmkit.core.checks import check_tensor
+from ssmkit.core.checks import check_choice, check_tensor
 
 Tensor = torch.Tensor
+
+DECODE_MODES = ("auto", "step", "fused", "compile")  # how decode_tokens computes each step
 
 
 class Decoder(Protocol):
@@ -207,17 +209,19 @@ def process_logits(logits: Tensor, seen: Tensor, n_new: int, s: Sampling) -> Ten
 
 
 def decode_tokens(
-    model: Decoder,
+    step: Callable[[Tensor], Tensor],
     start: PromptState,
     s: Sampling,
     generator: torch.Generator | None = None,
 ) -> Iterator[Tensor]:
     """Yield the next tokens (b,) of every row, one step at a time, from ``start``.
 
-    Rows that finished (EOS or a stop sequence) yield ``s.fill``; the iteration ends when all
-    rows have finished or after ``s.max_new_tokens`` steps.
+    ``step`` maps the tokens (b,) just chosen to the next logits (b, v), advancing a state
+    it holds (see :meth:`GenerationMixin.decoder`). Rows that finished (EOS or a stop
+    sequence) yield ``s.fill``; the iteration ends when all rows have finished or after
+    ``s.max_new_tokens`` steps.
     """
-    last, state, seen = start.logits, start.state, start.seen
+    last, seen = start.logits, start.seen
     b = last.shape[0]
     done = torch.zeros(b, dtype=torch.bool, device=last.device)
     history: list[Tensor] = []
@@ -242,7 +246,7 @@ def decode_tokens(
         if bool(done.all()) or i + 1 == s.max_new_tokens:
             return
         seen = mark_seen(seen, token[:, None], torch.ones_like(token[:, None], dtype=torch.bool))
-        last, state = model.step(token, state)
+        last = step(token)
 
 
 def sample(
@@ -287,11 +291,51 @@ def _stop_tuple(stop: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
 class GenerationMixin:
     """``generate()``, ``stream()`` and ``prefill()`` for a module with ``forward`` + ``step``.
 
-    The class checks token ids in ``check_prompt(ids)`` (token range, head type).
+    The class checks token ids in ``check_prompt(ids)`` (token range, head type). A class
+    with a faster way to decode overrides :meth:`decoder` (e.g. ``MambaLM``: fused steps).
     """
 
     def check_prompt(self, input_ids: Tensor) -> None:
         raise NotImplementedError
+
+    def decode_step(self, token: Tensor, state: object) -> tuple[Tensor, object]:
+        """``step`` for the decoding loop, whose tokens are the model's own outputs: a class
+        may skip its input checks here (the default is ``step`` itself)."""
+        return self.step(token, state)
+
+    def decoder(
+        self, state: object, precision: str = "fp32", decode: str = "auto"
+    ) -> Callable[[Tensor], Tensor]:
+        """A function token (b,) -> next logits (b, v) that continues from ``state``.
+
+        Args:
+            state: the per-layer states after the prompt (never modified in place).
+            precision: weight format while decoding; "fp32" (the model's own weights) is the
+                only one of this generic decoder (``MambaLM`` also has "bf16" and "int8").
+            decode: "auto" or "step" (the layers' ``step``), or "compile" (the same step
+                through ``torch.compile(fullgraph=True)``).
+
+        Raises:
+            ValueError: an unknown ``decode``, or a ``precision`` this model lacks.
+        """
+        check_choice("decode", decode, DECODE_MODES)
+        if precision != "fp32":
+            raise ValueError(
+                f"precision={precision!r} needs a model with a fused decoder (MambaLM on CPU) "
+                f"and decode='auto' or 'fused'; {type(self).__name__} with decode={decode!r} "
+                "decodes in its own dtype: use precision='fp32'"
+            )
+        if decode == "fused":
+            raise ValueError(f"decode='fused' needs a MambaLM, got {type(self).__name__}")
+        step = torch.compile(self.decode_step, fullgraph=True) if decode == "compile" else None
+        step = step or self.decode_step
+        current = [state]
+
+        def advance(token: Tensor) -> Tensor:
+            logits, current[0] = step(token, current[0])
+            return logits
+
+        return advance
 
     @torch.no_grad()
     def prefill(
@@ -323,6 +367,8 @@ class GenerationMixin:
         stop: Sequence[Sequence[int]] = (),
         pad_token_id: int | None = None,
         prefix: PromptState | None = None,
+        precision: str = "fp32",
+        decode: str = "auto",
     ) -> Iterator[Tensor]:
         """Yield the new tokens (b,) one step at a time, as they are decoded (the arguments
         of :meth:`generate`)."""
@@ -340,7 +386,8 @@ class GenerationMixin:
             self.check_prompt(input_ids)
             start = read_prompt(self, input_ids, attention_mask, prefix)
         s.check_ids(start.logits.shape[-1])
-        yield from decode_tokens(self, start, s, generator)
+        step = self.decoder(start.state, precision, decode)
+        yield from decode_tokens(step, start, s, generator)
 
     @torch.no_grad()
     def generate(
@@ -361,6 +408,8 @@ class GenerationMixin:
         pad_token_id: int | None = None,
         prefix: PromptState | None = None,
         streamer: Callable[[Tensor], None] | None = None,
+        precision: str = "fp32",
+        decode: str = "auto",
     ) -> Tensor:
         """Continue ``input_ids`` (b, l) by up to ``max_new_tokens`` tokens.
 
@@ -381,6 +430,12 @@ class GenerationMixin:
             stop: token-id sequences; a row stops once its new tokens end with one.
             prefix: a :class:`PromptState` from :meth:`prefill` to continue (batch 1 or b).
             streamer: called with each step's tokens (b,) as soon as they are decoded.
+            precision: weight format of the decoding steps (the prompt is read in the
+                model's own): "fp32", or for ``MambaLM`` on CPU "bf16" / "int8" (weight-only
+                copies of the big matrices; states and SSM parameters stay float32).
+            decode: how tokens after the first are computed: "auto" (the fastest available),
+                "step" (every layer's ``step``, the reference), "fused" (``MambaLM`` on CPU:
+                fused per-layer kernels) or "compile" (``torch.compile`` of the step).
 
         Returns:
             (b, l + n): ``input_ids`` followed by the n <= max_new_tokens new tokens (only
@@ -391,6 +446,7 @@ class GenerationMixin:
             input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
             generator, attention_mask=attention_mask, repetition_penalty=repetition_penalty,
             min_new_tokens=min_new_tokens, stop=stop, pad_token_id=pad_token_id, prefix=prefix,
+            precision=precision, decode=decode,
         ):  # fmt: skip
             if streamer is not None:
                 streamer(token)

@@ -8,18 +8,20 @@ checkpoint's state dict loads as it is (see :mod:`ssmkit.models.pretrained`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ssmkit.core.checks import check_tensor
+from ssmkit.core.checks import check_choice, check_tensor
 from ssmkit.layers.base import apply_factory
 from ssmkit.layers.mamba import Mamba, MambaState
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.models.generation import GenerationMixin
+from ssmkit.models.decoding import MambaDecoder, unsupported_reason
+from ssmkit.models.generation import DECODE_MODES, GenerationMixin
 
 Tensor = torch.Tensor
 
@@ -144,6 +146,14 @@ class MambaLM(GenerationMixin, nn.Module):
     def step(self, token: Tensor, state: list[MambaState]) -> tuple[Tensor, list[MambaState]]:
         """token (b,) -> logits (b, vocab) and the next states (constant size)."""
         self._check_ids(token, 1)
+        return self.decode_step(token, state)
+
+    def decode_step(
+        self, token: Tensor, state: list[MambaState]
+    ) -> tuple[Tensor, list[MambaState]]:
+        """:meth:`step` without the token-id check (it reads the ids: a host sync and a
+        ``torch.compile`` graph break), for the decoding loop, whose tokens are the model's
+        own outputs; the layers still check the states' shapes."""
         h = self.backbone.embeddings(token)
         new = []
         for layer, s in zip(self.backbone.layers, state, strict=True):
@@ -153,6 +163,25 @@ class MambaLM(GenerationMixin, nn.Module):
 
     def check_prompt(self, input_ids: Tensor) -> None:
         self._check_ids(input_ids, 2)
+
+    def decoder(
+        self, state: list[MambaState], precision: str = "fp32", decode: str = "auto"
+    ) -> Callable[[Tensor], Tensor]:
+        """A function token (b,) -> next logits (b, v) continuing from ``state`` (copied).
+
+        ``decode="auto"`` takes the fused CPU decoder (:class:`ssmkit.models.decoding.
+        MambaDecoder`, weights in ``precision`` "fp32", "bf16" or "int8") when the model
+        allows it (float32, CPU, numba installed), else every layer's ``step``; "fused" insists
+        on the former, "step" and "compile" take the latter (see
+        :meth:`GenerationMixin.decoder`).
+        """
+        check_choice("decode", decode, DECODE_MODES)
+        reason = unsupported_reason(self)
+        if decode == "fused" and reason is not None:
+            raise ValueError(f"decode='fused' is not available: {reason}")
+        if decode == "fused" or (decode == "auto" and reason is None):
+            return MambaDecoder(self, state, precision).step
+        return super().decoder(state, precision, decode)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write a transformers checkpoint directory (``config.json`` + ``model.safetensors``)

@@ -102,7 +102,7 @@ def test_triton_twice_differentiated_is_a_clear_error():
     y = call("triton", 4)(x, dt, A, B, C, D, z, bias, h0)[0]
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     # the backward is the custom op ssd_triton_bwd, which has no derivative of its own
-    with pytest.raises(RuntimeError, match="ssd_triton_bwd.*no autograd formula"):
+    with pytest.raises(RuntimeError, match=r"ssd_triton_bwd.*no autograd formula"):
         gx.sum().backward()
 
 

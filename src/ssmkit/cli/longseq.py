@@ -54,7 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="task lengths to test (default %(default)s)",
     )  # fmt: skip
     ex.add_argument("--n", type=int, default=64, help="test sequences per length")
-    ex.add_argument("--chunk", type=int, default=4096, help="steps per piece")
+    ex.add_argument(
+        "--chunk", type=int, default=1024,
+        help="steps per piece (pieces of 512-2048 steps keep the working set in cache)",
+    )  # fmt: skip
     ex.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     ex.add_argument("--seed", type=int, help="data seed (default: the training seed + 1)")
     ex.add_argument("--weights", default="best", choices=["best", "last"])

@@ -211,11 +211,13 @@ class SequenceModel(GenerationMixin, nn.Module):
             end = min(start + chunk, l)
             valid = (lengths - start).clamp(0, end - start)  # (b,) valid steps in this piece
             live = valid > 0  # items with steps left; the others keep their state
+            full = bool((valid == end - start).all())  # no padding in this piece
+            piece_lengths = None if full else valid.clamp(min=1)
             h = self.encoder(x[:, start:end])
             new = []
             for block, s in zip(self.blocks, states, strict=True):
-                h, s_new = block(h, s, lengths=valid.clamp(min=1), return_state=True)
-                new.append(s_new if s is None else _where(live, s_new, s))
+                h, s_new = block(h, s, lengths=piece_lengths, return_state=True)
+                new.append(s_new if s is None or full else _where(live, s_new, s))
             states = new
             h = self.norm_f(h)
             if not pooled:

@@ -100,7 +100,7 @@ def extrapolate(
     run: LoadedRun,
     lengths: Sequence[int],
     n: int = 64,
-    chunk: int = 4096,
+    chunk: int = 1024,
     batch_size: int = 16,
     seed: int | None = None,
     device: str = "cpu",

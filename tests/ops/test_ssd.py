@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssmkit.ops import registry, selective_scan, ssd
-from ssmkit.ops.ssd import ssd_chunked
+from ssmkit.ops.ssd import cpu_numba, ssd_chunked
 from ssmkit.testing import assert_close, grads, randn
 
 FAST = [b.name for b in registry.backends("ssd", "cpu") if b.name != "ref"]
@@ -56,8 +56,9 @@ def test_backend_matches_ref_outputs_states_and_gradients(backend, L, chunk):
         assert_close(a, b)
 
 
-def test_auto_picks_chunked_on_cpu():
-    assert registry.resolve("ssd", "auto", "cpu").name == "chunked"
+def test_auto_picks_numba_on_cpu_when_installed_else_chunked():
+    want = "numba" if cpu_numba.available() else "chunked"
+    assert registry.resolve("ssd", "auto", "cpu").name == want
 
 
 @pytest.mark.parametrize("backend", FAST)

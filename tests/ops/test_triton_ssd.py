@@ -92,7 +92,7 @@ def test_triton_function_gradcheck(with_reset):
 
 
 def test_auto_never_picks_triton_on_cpu_and_prefers_it_on_cuda():
-    assert registry.resolve("ssd", "auto", "cpu").name == "chunked"
+    assert registry.resolve("ssd", "auto", "cpu").name in ("chunked", "numba")
     assert "triton" not in [b.name for b in registry.backends("ssd", "cpu")]
     assert registry.resolve("ssd", "auto", "cuda").name == "triton"
 

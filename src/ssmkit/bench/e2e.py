@@ -30,6 +30,7 @@ from torch import nn
 from ssmkit.bench.rows import Row, Settings
 from ssmkit.models import load_pretrained
 from ssmkit.ops.selective_scan import cpu_numba
+from ssmkit.ops.ssd import cpu_numba as ssd_numba
 
 Tensor = torch.Tensor
 
@@ -79,6 +80,7 @@ def e2e_cases(s: Settings) -> Iterator[list[Row]]:
 
 def _cases(s: Settings) -> Iterator[list[Row]]:
     cpu_numba.warm_up(torch.float32)  # time the kernels, not their compilation
+    ssd_numba.warm_up(torch.float32)  # Mamba-2's SSD kernels too
     shape, batch, length = TRAIN[s.size]
     for version in (1, 2):
         yield _train_case(version, shape, batch, length, s)

@@ -205,6 +205,8 @@ def dplr_c_tilde(
     """C_tilde = C (I - A_bar^L) for the bilinear-discretised DPLR SSM (S4, section 3.3).
 
     S4 learns C_tilde directly; this maps a C to it (and is how tests build the reference).
+    :func:`ssmkit.core.kernels_dplr_long.dplr_c_tilde_rescale` moves a C_tilde from one
+    length to another without powering A_bar twice.
 
     Args:
         Lambda: (*, n), P, Q: (*, r, n), C: (*, n), dt: (*); with ``conj`` the stored halves.

@@ -57,12 +57,13 @@ class Mamba2(SequenceLayer):
         expand: d_inner = expand * d_model.
         headdim: channels p per head (nheads = d_inner / headdim).
         ngroups: groups of heads sharing B and C.
-        chunk_size: chunk length of the SSD algorithm.
+        chunk_size: chunk length of the SSD algorithm (``chunked`` and ``triton`` backends;
+            ``numba``, the CPU default, walks the recurrence and ignores it).
         dt_min, dt_max, dt_init_floor: initial softplus(dt_bias) log-uniform in the range.
         dt_limit: the step size dt is clamped to this interval (low, high), 0 <= low <= high.
         bias, conv_bias: biases of in/out_proj and of conv1d.
         norm_eps: epsilon of the gated RMSNorm.
-        backend: ssd backend ("auto", "ref", "chunked").
+        backend: ssd backend ("auto", "ref", "chunked", "numba", "triton").
         device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
             are created and their floating dtype.
     """

@@ -31,6 +31,7 @@ from ssmkit.core.kernels import (
     kernel_dense,
     kernel_dplr,
 )
+from ssmkit.core.kernels_dplr_long import dplr_c_tilde_rescale
 from ssmkit.core.params import SSM_LR, ssm_parameter
 from ssmkit.layers.base import apply_factory
 from ssmkit.layers.lti import MODES, BlockConfig, LTILayer, System
@@ -52,7 +53,9 @@ class S4(LTILayer):
         mode: "conv" or "scan" (the dense recurrence).
         bidirectional, block, lr: as for :class:`ssmkit.layers.S4D`.
         kernel_backend: backend of :func:`ssmkit.core.kernels.kernel_dplr` ("auto", "ref",
-            "adjoint"); the same kernel and gradients, "ref" has the slower backward.
+            "adjoint"); the same kernel and gradients, "ref" has the slower backward and, for
+            inputs longer than l_max, forms C_tilde for the new length by the definition
+            (two dense matrix powers) instead of :func:`dplr_c_tilde_rescale`.
         device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
             are created and their floating dtype.
     """
@@ -106,11 +109,14 @@ class S4(LTILayer):
         if self.discretization == "bilinear" and self.l_max >= L:
             K = kernel_dplr(Lam, P, P, B, C_tilde, dt, self.l_max, backend=self.kernel_backend)
             return K[..., :L]
-        sys = self.system()
         if self.discretization == "bilinear":  # longer than l_max: C_tilde for length L
-            n = Lam.shape[-1]
-            C_tilde_L = dplr_c_tilde(Lam, P, P, sys.C[..., :n], dt, L)
+            if self.kernel_backend == "ref":  # the definition: C from system(), then C (I - A^L)
+                C = self.system().C[..., : Lam.shape[-1]]
+                C_tilde_L = dplr_c_tilde(Lam, P, P, C, dt, L)
+            else:  # shares A^(2^i) between both powers
+                C_tilde_L = dplr_c_tilde_rescale(Lam, P, P, C_tilde, dt, self.l_max, L)
             return kernel_dplr(Lam, P, P, B, C_tilde_L, dt, L, backend=self.kernel_backend)
+        sys = self.system()
         return kernel_dense(sys.A_bar, sys.B_bar, sys.C, L).real
 
     def system(self) -> System:

@@ -30,7 +30,9 @@ from ssmkit import data
 from ssmkit.core.kinds import TaskKind, task_kind
 from ssmkit.core.params import param_groups
 from ssmkit.layers.mamba import Mamba
+from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.ops.selective_scan import cpu_numba
+from ssmkit.ops.ssd import cpu_numba as ssd_numba
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train import distributed
 from ssmkit.train import rundir as rd
@@ -308,11 +310,13 @@ def _setup(
         _start_dir(s)
     distributed.barrier(dist)
     s.net = DistributedDataParallel(model) if dist.world > 1 else model
+    # the numba kernels compile in the background on first use, the first calls running
+    # other backends meanwhile: training waits for them, so every step uses one backend
+    # (bit-for-bit resume)
     if device.type == "cpu" and any(isinstance(m, Mamba) for m in model.modules()):
-        # the numba kernels compile in the background on first use, the first calls running
-        # other backends meanwhile: training waits for them, so every step uses one backend
-        # (bit-for-bit resume)
         cpu_numba.warm_up(torch.float32, wait=True)
+    if device.type == "cpu" and any(isinstance(m, Mamba2) for m in model.modules()):
+        ssd_numba.warm_up(torch.float32, wait=True)
     return s
 
 

@@ -1,8 +1,10 @@
 """Mamba-2's SSD operator (scalar A per head, grouped B/C) with registered backends.
 
 Backends: ``ref`` (the loop, :mod:`.ref`, differentiable any number of times), ``chunked``
-(the SSD chunked algorithm with a hand-written backward, :mod:`.chunked`, differentiable once;
-"auto" picks it on CPU) and ``triton`` (:mod:`.triton_backend`, the chunked algorithm as Triton
+(the SSD chunked algorithm with a hand-written backward, :mod:`.chunked`, differentiable once),
+``numba`` (the recurrence as fused CPU kernels, :mod:`.cpu_numba`, differentiable once, float32
+and float64; "auto" picks it on CPU once its kernels are compiled, ``chunked`` until then and
+for other dtypes) and ``triton`` (:mod:`.triton_backend`, the chunked algorithm as Triton
 kernels; "auto" picks it on CUDA when triton is installed, on CPU only an explicit name reaches
 it, under TRITON_INTERPRET=1). The public function applies dt_bias/softplus, D and the z
 gate once.
@@ -22,6 +24,7 @@ from ssmkit.core.checks import (
 )
 from ssmkit.ops import registry, triton_support
 from ssmkit.ops.selective_scan.ref import delta_of
+from ssmkit.ops.ssd import cpu_numba
 from ssmkit.ops.ssd.chunked import ssd_chunked
 from ssmkit.ops.ssd.ref import ssd_ref
 from ssmkit.ops.ssd.triton_backend import ssd_triton
@@ -40,6 +43,16 @@ registry.register(
     priority=10,
     description="SSD chunked algorithm: batched matmuls, hand-written backward",
     traceable=True,
+)
+registry.register(
+    "ssd",
+    "numba",
+    cpu_numba.ssd_numba,
+    devices=("cpu",),
+    priority=15,
+    description="fused CPU kernels (numba): the recurrence per head, recomputing backward",
+    is_available=cpu_numba.available,
+    needs="numba (extra 'fast')",
 )
 triton_support.register(
     "ssd", ssd_triton, 20, "SSD chunked algorithm as Triton kernels (tl.dot), forward and backward"
@@ -74,7 +87,7 @@ def ssd(
         initial_state: (b, h, p, n); differentiable.
         return_final_state: also return the (b, h, p, n) final state.
         reset: (b, l) bool, True where a packed sequence starts (state zeroed before it).
-        backend: "auto", "ref", "chunked" or "triton".
+        backend: "auto", "ref", "chunked", "numba" or "triton".
 
     Returns:
         y: (b, l, h, p); ``(y, final_state)`` with final_state (b, h, p, n) when
@@ -85,6 +98,8 @@ def ssd(
     delta = delta_of(dt, dt_bias, dt_softplus)
     h0 = initial_state if initial_state is not None else x.new_zeros(b, h, p, n)
     impl = registry.resolve("ssd", backend, x.device)
+    if impl.name == "numba":
+        impl = _numba_or_chunked(impl, backend, x.dtype)
     if b == 0:  # an empty batch: the loop handles it, the chunked reshapes cannot
         impl = registry.resolve("ssd", "ref", x.device)
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
@@ -96,6 +111,19 @@ def ssd(
     if z is not None:
         y = y * F.silu(z)
     return (y, last) if return_final_state else y
+
+
+def _numba_or_chunked(impl: registry.Backend, backend: str, dtype: torch.dtype):
+    """The numba kernels take float32 and float64, and compile on first use: "auto" runs
+    ``chunked`` for other dtypes and while they compile (in a background thread)."""
+    if dtype not in cpu_numba.DTYPES:
+        if backend == "auto":
+            return registry.resolve("ssd", "chunked", "cpu")
+        raise ValueError(f"backend 'numba' of 'ssd' takes float32 or float64 x, got {dtype}")
+    if backend == "auto" and not torch.compiler.is_compiling() and not cpu_numba.ready(dtype):
+        cpu_numba.warm_up(dtype, wait=False)
+        return registry.resolve("ssd", "chunked", "cpu")
+    return impl
 
 
 def _check(x, dt, A, B, C, D, z, dt_bias, initial_state):

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -316,7 +316,7 @@ def _threads() -> int:
 # cache=True keeps them on disk afterwards (in __pycache__ next to this file, or numba's
 # user-wide cache directory where that is read-only). ``backend="auto"`` does not wait for
 # it: its first calls run the chunked backend while a thread compiles (or loads) the kernels.
-_WARMING: dict[torch.dtype, threading.Thread] = {}
+_WARMING: dict[object, threading.Thread] = {}  # by dtype, or (module, dtype)
 _WARM_LOCK = threading.Lock()
 
 
@@ -360,19 +360,26 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     ``wait=False`` does it in a background thread and returns at once."""
     if numba is None or ready(dtype):
         return
+    compile_once(dtype, lambda: _tiny_run(dtype), wait)
+
+
+def compile_once(key: object, run: Callable[[], None], wait: bool) -> None:
+    """Run ``run`` (a tiny problem that compiles some kernels) once per ``key``, in a daemon
+    thread under the compiling note; ``wait`` joins it. Every numba kernel module warms up
+    through this one registry of threads."""
     with _WARM_LOCK:
-        thread = _WARMING.get(dtype)
+        thread = _WARMING.get(key)
         if thread is None:
-            thread = threading.Thread(target=_compile, args=(dtype,), daemon=True)
-            _WARMING[dtype] = thread
+            thread = threading.Thread(target=_compile, args=(run,), daemon=True)
+            _WARMING[key] = thread
             thread.start()
     if wait:
         thread.join()
 
 
-def _compile(dtype: torch.dtype) -> None:
+def _compile(run: Callable[[], None]) -> None:
     with compiling_note():
-        _tiny_run(dtype)
+        run()
 
 
 def _tiny_run(dtype: torch.dtype) -> None:

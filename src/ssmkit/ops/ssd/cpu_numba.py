@@ -7,7 +7,7 @@ state products cost the same 2 p n), and no (t, t) decay matrices. A head's stat
 array (64 KiB for p = 64, n = 128 in float32, in the L2 cache); the inner loops run over a
 row's n entries with B_t and C_t as the other operand, so they vectorise, and the sums over
 n (y, dL/dx) stay in registers. Measured 2-3x faster than lanes over p (state (n, p), sums
-over p per entry of B and C). The helpers (vectorisable 2^x, threading layer, launch lock)
+over p per entry of B and C). The helpers (vectorisable 2^x, threading layer, launch lock, warm-up)
 are those of the Mamba kernels, :mod:`ssmkit.ops.selective_scan.cpu_numba`.
 
 Forward: each (batch, head) pair walks the sequence once, writing y and, every ``CHUNK``
@@ -21,8 +21,6 @@ that are then added in a fixed order (the gradients are the same bit for bit on 
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import torch
@@ -241,8 +239,6 @@ def ssd_numba(
 
 # Cold start: compiling both kernels for one dtype takes tens of seconds; cache=True keeps
 # them on disk. ``ssd(backend="auto")`` runs the chunked backend until they are ready.
-_WARMING: dict[torch.dtype, threading.Thread] = {}
-_WARM_LOCK = threading.Lock()
 
 
 def ready(dtype: torch.dtype) -> bool:
@@ -258,20 +254,12 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     ``wait=False`` does it in a background thread and returns at once."""
     if njit is None or ready(dtype):
         return
-    with _WARM_LOCK:
-        thread = _WARMING.get(dtype)
-        if thread is None:
-            thread = threading.Thread(target=_tiny_run, args=(dtype,), daemon=True)
-            _WARMING[dtype] = thread
-            thread.start()
-    if wait:
-        thread.join()
+    mamba_kernels.compile_once(("ssd", dtype), lambda: _tiny_run(dtype), wait)
 
 
 def _tiny_run(dtype: torch.dtype) -> None:
-    with mamba_kernels.compiling_note():
-        x = torch.ones(1, 2, 1, 1, dtype=dtype, requires_grad=True)
-        B = torch.ones(1, 2, 1, 1, dtype=dtype)
-        y, _ = ssd_numba(x, x.detach()[..., 0], -torch.ones(1, dtype=dtype), B, B,
-                         torch.zeros(1, 1, 1, 1, dtype=dtype))  # fmt: skip
-        y.sum().backward()
+    x = torch.ones(1, 2, 1, 1, dtype=dtype, requires_grad=True)
+    B = torch.ones(1, 2, 1, 1, dtype=dtype)
+    y, _ = ssd_numba(x, x.detach()[..., 0], -torch.ones(1, dtype=dtype), B, B,
+                     torch.zeros(1, 1, 1, 1, dtype=dtype))  # fmt: skip
+    y.sum().backward()

@@ -122,8 +122,8 @@ def test_fix_options_are_validated():
         Mamba(4, d_state=2, mimetic=True, bc_param="positive")
     with pytest.raises(TypeError, match="polarize must be a bool"):
         Mamba(4, polarize=1)
-    with pytest.raises(ValueError, match="options of layer='mamba' or 'bimamba'"):
-        ModelConfig(layer="s4d", polarize=True)
+    with pytest.raises(ValueError, match="polarize is an option of layer='mamba', 'bimamba' or"):
+        ModelConfig(layer="s4", polarize=True)
     with pytest.raises(ValueError, match="state_init"):
         ModelConfig(layer="mamba", state_init="random")
     with pytest.raises(ValueError, match="needs a causal recurrent SSM"):

@@ -59,7 +59,7 @@ class ModelConfig:
     n_heads: int = 4  # attention blocks: heads h (d_model / h even, for RoPE)
     attn_every: int = 0  # hybrid: every k-th block is causal attention (Jamba: 8); 0: none
     shared: bool = False  # bimamba: one set of SSM parameters for both directions
-    polarize: bool = False  # Mamba/BiMamba: two state channels fixed to A_bar = 1 and 0
+    polarize: bool = False  # Mamba/BiMamba/S4D: two state channels fixed to A_bar = 1 and 0
     mimetic: bool = False  # Mamba/BiMamba: attention-like init (W_C = W_B, A near 0)
     state_init: str = "zero"  # training initial state: zero, noise or carry (see module doc)
     state_init_scale: float = 1.0  # std of the "noise" initial state
@@ -113,10 +113,13 @@ class ModelConfig:
             )
         if self.shared and self.layer != "bimamba":
             raise ValueError(f"shared is an option of layer='bimamba', not {self.layer!r}")
-        if (self.polarize or self.mimetic) and self.layer not in ("mamba", "bimamba"):
+        if self.polarize and self.layer not in ("mamba", "bimamba", "s4d"):
             raise ValueError(
-                "polarize and mimetic are options of layer='mamba' or 'bimamba', "
-                f"not {self.layer!r}"
+                f"polarize is an option of layer='mamba', 'bimamba' or 's4d', not {self.layer!r}"
+            )
+        if self.mimetic and self.layer not in ("mamba", "bimamba"):
+            raise ValueError(
+                f"mimetic is an option of layer='mamba' or 'bimamba', not {self.layer!r}"
             )
         if self.state_init != "zero":
             recurrent = self.layer in ("s4", "s4d", "dss", "s5", "lru", "mamba", "mamba2")
@@ -174,7 +177,7 @@ def make_layer(cfg: ModelConfig, io: IOSpec, index: int = 0) -> nn.Module:
     if cfg.layer == "s4":
         return S4(d, N=n, l_max=io.max_length, **dt, **bi)
     if cfg.layer == "s4d":
-        return S4D(d, N=n, **dt, **bi)
+        return S4D(d, N=n, polarize=cfg.polarize, **dt, **bi)
     if cfg.layer == "dss":
         return DSS(d, N=n, l_max=io.max_length, **dt, **bi)
     if cfg.layer == "s5":

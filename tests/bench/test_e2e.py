@@ -31,3 +31,11 @@ def test_e2e_tiny_rows():
         assert ours.impl.startswith("ssmkit") and floor.impl.startswith("floor")
         assert min(ours.fwd_ms, hf.fwd_ms, floor.fwd_ms) > 0
         assert "same tokens as transformers: yes" in ours.note
+
+
+def test_e2e_decode_suite_has_only_the_decode_rows():
+    rows = run(["e2e-decode"], size="tiny", repeat=1)
+    cases = {r.case for r in rows}
+    assert len(cases) == 2 and all(" decode " in c for c in cases), cases
+    for r in rows:
+        assert r.fwd_ms > 0

@@ -9,8 +9,11 @@ Both sides get the SAME weights: a randomly initialised transformers model is sa
   shared machine's load hits both alike. ``fwd ms`` is the forward + loss part of the step.
 * Greedy decoding through ``generate`` (its default decoder: fused per-layer kernels on CPU;
   ``ssmkit bench --suite generate`` compares it with the layers' own steps): ms per new
-  token, and a floor: streaming every parameter once per token at the measured memory copy
-  bandwidth.
+  token (the whole call, prompt included, over the new tokens), and a floor: streaming every
+  parameter once per token at the measured memory copy bandwidth. The notes add the decoding
+  steps alone (from the first new token to the last, timed by ``generate``'s streamer, so
+  without the prompt) and the process CPU time of the whole call (robust to a shared
+  machine). ``e2e_decode_cases`` runs the decoding cases without the training ones.
 
 The ``x ref`` columns hold the speed-up over transformers (> 1: ssmkit is faster).
 """
@@ -59,8 +62,9 @@ DECODE = {  # (model, prompt length, new tokens)
 }
 
 
-def e2e_cases(s: Settings) -> Iterator[list[Row]]:
-    """Training steps first, then decoding; one case per model version."""
+def e2e_cases(s: Settings, train: bool = True) -> Iterator[list[Row]]:
+    """Training steps first (unless ``train`` is False), then decoding; one case per model
+    version."""
     try:
         import transformers
     except ImportError as e:
@@ -71,18 +75,23 @@ def e2e_cases(s: Settings) -> Iterator[list[Row]]:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
-        yield from _cases(s)
+        yield from _cases(s, train)
     finally:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
 
 
-def _cases(s: Settings) -> Iterator[list[Row]]:
+def e2e_decode_cases(s: Settings) -> Iterator[list[Row]]:
+    """The decoding cases of :func:`e2e_cases` alone (no training steps)."""
+    yield from e2e_cases(s, train=False)
+
+
+def _cases(s: Settings, train: bool) -> Iterator[list[Row]]:
     cpu_numba.warm_up(torch.float32)  # time the kernels, not their compilation
     ssd_numba.warm_up(torch.float32)  # Mamba-2's SSD kernels too
     shape, batch, length = TRAIN[s.size]
-    for version in (1, 2):
+    for version in (1, 2) if train else ():
         yield _train_case(version, shape, batch, length, s)
     shape, prompt, new = DECODE[s.size]
     for version in (1, 2):
@@ -162,32 +171,65 @@ def _decode_case(version: int, shape: LMShape, prompt_len: int, new: int, s: Set
     ours.eval()
     prompt = torch.randint(0, shape.vocab_size, (1, prompt_len), generator=torch.Generator())
     hf.generation_config.eos_token_id = None  # ours decodes `new` tokens whatever they are
+    clocks = {"ours": _Clock(), "hf": _Clock()}
     runs = {  # generate's default decoder: the fused kernels on CPU
-        "ssmkit MambaLM.generate": lambda: ours.generate(prompt, new, greedy=True),
-        _hf_name(version) + ".generate": lambda: hf.generate(
-            prompt, max_new_tokens=new, do_sample=False
+        "ssmkit MambaLM.generate": (
+            lambda: ours.generate(prompt, new, greedy=True, streamer=clocks["ours"].put),
+            clocks["ours"],
+        ),
+        _hf_name(version) + ".generate": (
+            lambda: hf.generate(prompt, max_new_tokens=new, do_sample=False, streamer=clocks["hf"]),
+            clocks["hf"],
         ),
     }
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    steps: dict[str, list[float]] = {name: [] for name in runs}  # s per decoding step
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process time per new token
     outs: dict[str, Tensor] = {}
     with torch.no_grad():
         for rep in range(s.repeat + 1):
-            for name, fn in runs.items():
-                start = time.perf_counter()
+            for name, (fn, clock) in runs.items():
+                clock.stamps.clear()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 outs[name] = fn()
                 per_token = (time.perf_counter() - start) / new
                 if rep:
                     times[name].append((per_token, per_token))
+                    cpu[name].append((time.process_time() - start_cpu) / new)
+                    steps[name].append(clock.per_step(new))
     same = all(torch.equal(o, next(iter(outs.values()))) for o in outs.values())
     case = (
         f"Mamba{'-2' if version == 2 else ''} decode {shape.num_hidden_layers}x{shape.hidden_size}"
     )
     rows = _rows(case, times, 1, None, "")
-    for r in rows:
+    for r, name in zip(rows, runs, strict=True):
         r.fwd_bwd_ms, r.speedup_bwd = None, None
+        r.note += (
+            f" (whole call); decoding steps alone {1 / statistics.median(steps[name]):.1f} "
+            f"tokens/s; CPU time {1 / statistics.median(cpu[name]):.1f} tokens/s"
+        )
     rows[0].note += f", same tokens as transformers: {'yes' if same else 'no'}"
-    rows.append(_floor_row(case, ours, rows[0].fwd_ms))
+    name = next(iter(runs))
+    rows.append(_floor_row(case, ours, rows[0].fwd_ms, statistics.median(steps[name]) * 1e3))
     return rows
+
+
+class _Clock:
+    """A streamer (ours: ``put``; transformers': ``put`` + ``end``) that stamps each new token."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def put(self, value: Tensor) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def per_step(self, new: int) -> float:
+        """Seconds per decoding step: from the first of the ``new`` tokens to the last (the
+        last ``new`` stamps: transformers also puts the prompt first)."""
+        return (self.stamps[-1] - self.stamps[-new]) / (new - 1)
 
 
 def _hf_name(version: int) -> str:
@@ -232,14 +274,41 @@ def copy_bandwidth(mib: int = 256, repeat: int = 5) -> float:
     return 2 * src.numel() * 4 / statistics.median(times)
 
 
-def _floor_row(case: str, model: nn.Module, ours_ms: float) -> Row:
-    """Every parameter read once per token (tied matrices once) at the copy bandwidth."""
+def read_bandwidth(mib: int = 256, repeat: int = 5) -> float:
+    """Read-only streaming bandwidth in bytes/s: the decoder's float32 GEMV
+    (:func:`ssmkit.layers.fused_step.gemv`, else ``torch.mv``) over a ``mib`` MiB matrix,
+    the median of ``repeat``. Decoding reads its weights and writes almost nothing, so this
+    is the stricter floor for it than :func:`copy_bandwidth` (read + write)."""
+    from ssmkit.layers import fused_step
+
+    W = torch.ones(mib * 2**20 // 4 // 1024, 1024)  # (m, k)
+    x, y = torch.ones(1, 1024), torch.empty(1, W.shape[0])
+
+    def run() -> None:
+        if fused_step.available():
+            fused_step.gemv(x.numpy(), W.numpy(), torch.empty(0).numpy(), y.numpy())
+        else:
+            torch.mv(W, x[0], out=y[0])
+
+    run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return W.numel() * 4 / statistics.median(times)
+
+
+def _floor_row(case: str, model: nn.Module, ours_ms: float, steps_ms: float) -> Row:
+    """Every parameter read once per token (tied matrices once) at the copy bandwidth (bytes
+    read + bytes written per second: a read-only stream, as in decoding, can go faster)."""
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = copy_bandwidth()
     ms = nbytes / bandwidth * 1e3
     row = Row("e2e", case, "floor: weights streamed once", ms, None, None)
     row.note = (
         f"{nbytes / 2**20:.0f} MiB at {bandwidth / 1e9:.1f} GB/s = {1e3 / ms:.1f} tokens/s; "
-        f"ssmkit reaches {ms / ours_ms:.0%} of it"
+        f"ssmkit reaches {ms / ours_ms:.0%} of it (whole call), {ms / steps_ms:.0%} in its "
+        "decoding steps"
     )
     return row

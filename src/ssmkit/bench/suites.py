@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ssmkit.bench.e2e import e2e_cases
+from ssmkit.bench.e2e import e2e_cases, e2e_decode_cases
 from ssmkit.bench.generate import generate_cases
 from ssmkit.bench.kalman import kalman_cases
 from ssmkit.bench.kernels import kernel_cases
@@ -28,5 +28,6 @@ SUITES: dict[str, Callable[[Settings], Iterator[list[Row]]]] = {
     "generate": generate_cases,
     "kalman": kalman_cases,
     "e2e": e2e_cases,
+    "e2e-decode": e2e_decode_cases,
     "lti-scan": lti_scan_cases,
 }

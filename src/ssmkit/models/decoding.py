@@ -19,6 +19,7 @@ with this over whole greedy rollouts.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.core.checks import check_choice
@@ -44,14 +45,46 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
+GEMV_MAX_BATCH = 8  # larger batches go to F.linear (not measured in between: a safe bound)
+
+
+class GemvLinear:
+    """y = x W^T + bias through :func:`ssmkit.layers.fused_step.gemv`, sharing the float32
+    weight (a contiguous one is shared, not copied); its twin is ``F.linear``.
+
+    Args:
+        linear: the float32 ``nn.Linear`` (weight (m, k), bias (m,) or None).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.weight = linear.weight.detach().contiguous()  # (m, k)
+        bias = linear.bias
+        self.bias = torch.empty(0) if bias is None else bias.detach().float().contiguous()
+        self._arrays = (self.weight.numpy(), self.bias.numpy())
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x (b, k) float32 -> (b, m) float32, a new tensor."""
+        if x.shape[0] > GEMV_MAX_BATCH:  # a matrix product: BLAS's GEMM reuses the weight
+            return F.linear(x, self.weight, self.bias if self.bias.numel() else None)
+        x = x.contiguous()
+        y = torch.empty(x.shape[0], self.weight.shape[0])  # (b, m)
+        fused_step.gemv(x.numpy(), *self._arrays, y.numpy())
+        return y
+
+
+def _decode_linear(linear: nn.Linear, precision: str) -> nn.Module | GemvLinear:
+    """float32: the numba GEMV (shared weight); else the weight-only copies of quantize."""
+    return GemvLinear(linear) if precision == "fp32" else decode_linear(linear, precision)
+
+
 class _Layer:
     """One pre-norm residual block in decode form: weights as float32 arrays for the kernel."""
 
     def __init__(self, block: nn.Module, precision: str) -> None:
         mixer = block.mixer
         self.norm = block.norm
-        self.in_proj = decode_linear(mixer.in_proj, precision)
-        self.out_proj = decode_linear(mixer.out_proj, precision)
+        self.in_proj = _decode_linear(mixer.in_proj, precision)
+        self.out_proj = _decode_linear(mixer.out_proj, precision)
         self.v2 = isinstance(mixer, Mamba2)
         conv = mixer.conv1d
         c = conv.channels
@@ -123,7 +156,7 @@ class MambaDecoder:
         with torch.no_grad():
             self.embeddings = model.backbone.embeddings.weight.detach()  # (v, d) float32
             self.norm_f = model.backbone.norm_f
-            self.lm_head = decode_linear(model.lm_head, precision)
+            self.lm_head = _decode_linear(model.lm_head, precision)
             self.layers = [_Layer(block, precision) for block in blocks]
         self._conv = [s.conv.detach().float().contiguous().clone() for s in state]
         self._ssm = [s.ssm.detach().float().contiguous().clone() for s in state]

@@ -219,10 +219,14 @@ def decode_tokens(
     ``step`` maps the tokens (b,) just chosen to the next logits (b, v), advancing a state
     it holds (see :meth:`GenerationMixin.decoder`). Rows that finished (EOS or a stop
     sequence) yield ``s.fill``; the iteration ends when all rows have finished or after
-    ``s.max_new_tokens`` steps.
+    ``s.max_new_tokens`` steps. Work a setting does not need is skipped per token: without
+    ``s.fill`` (no EOS, no stop sequences) no row can finish early, and without a repetition
+    penalty the seen tokens are not tracked.
     """
     last, seen = start.logits, start.seen
     b = last.shape[0]
+    can_finish = s.fill is not None
+    track_seen = s.repetition_penalty != 1.0
     done = torch.zeros(b, dtype=torch.bool, device=last.device)
     history: list[Tensor] = []
     longest = max((len(q) for q in s.stop), default=0)
@@ -230,23 +234,36 @@ def decode_tokens(
     for i in range(s.max_new_tokens):
         scores = process_logits(last, seen, i, s)
         token = sample(scores, s.greedy, s.temperature, s.top_k, s.top_p, generator)
-        if s.fill is not None:
+        if can_finish:
             token = torch.where(done, torch.full_like(token, s.fill), token)
-        history = [*history, token][-longest:] if longest else history
-        finished = torch.zeros_like(done)
-        if s.eos_token_id is not None:
-            finished |= token == s.eos_token_id
-        if stops and i + 1 >= s.min_new_tokens:
-            tail = torch.stack(history, 1)  # (b, <= longest)
-            for q in stops:
-                if tail.shape[1] >= len(q):
-                    finished |= (tail[:, -len(q) :] == q).all(1)
-        done = done | finished
+            done = done | _finished(token, history, longest, stops, i, s)
         yield token
-        if bool(done.all()) or i + 1 == s.max_new_tokens:
+        if i + 1 == s.max_new_tokens or (can_finish and bool(done.all())):
             return
-        seen = mark_seen(seen, token[:, None], torch.ones_like(token[:, None], dtype=torch.bool))
+        if track_seen:
+            seen = mark_seen(
+                seen, token[:, None], torch.ones_like(token[:, None], dtype=torch.bool)
+            )
         last = step(token)
+
+
+def _finished(
+    token: Tensor, history: list[Tensor], longest: int, stops: list[Tensor], i: int, s: Sampling
+) -> Tensor:
+    """Rows (b,) that end with ``token`` (step ``i``): EOS, or a stop sequence completed.
+    ``history`` holds the last ``longest`` tokens (updated here)."""
+    if longest:
+        history.append(token)
+        del history[:-longest]
+    finished = torch.zeros_like(token, dtype=torch.bool)
+    if s.eos_token_id is not None:
+        finished |= token == s.eos_token_id
+    if stops and i + 1 >= s.min_new_tokens:
+        tail = torch.stack(history, 1)  # (b, <= longest)
+        for q in stops:
+            if tail.shape[1] >= len(q):
+                finished |= (tail[:, -len(q) :] == q).all(1)
+    return finished
 
 
 def sample(
@@ -441,7 +458,7 @@ class GenerationMixin:
             (b, l + n): ``input_ids`` followed by the n <= max_new_tokens new tokens (only
             the new tokens when ``input_ids`` is None).
         """
-        tokens = []
+        out, n = None, 0  # (b, l + max_new_tokens), allocated once stream checked the prompt
         for token in self.stream(
             input_ids, max_new_tokens, temperature, top_k, top_p, eos_token_id, greedy,
             generator, attention_mask=attention_mask, repetition_penalty=repetition_penalty,
@@ -450,9 +467,24 @@ class GenerationMixin:
         ):  # fmt: skip
             if streamer is not None:
                 streamer(token)
-            tokens.append(token.unsqueeze(1))
-        if input_ids is None:
-            b = prefix.batch
-            device = prefix.logits.device
-            input_ids = torch.zeros(b, 0, dtype=torch.long, device=device)
-        return torch.cat([input_ids, *tokens], dim=1)
+            if out is None:
+                out = _output_buffer(input_ids, token, max_new_tokens)
+            out[:, out.shape[1] - max_new_tokens + n] = token
+            n += 1
+        if out is None:  # no new token (max_new_tokens=0)
+            if input_ids is None:
+                return torch.zeros(prefix.batch, 0, dtype=torch.long, device=prefix.logits.device)
+            return input_ids.clone()
+        end = out.shape[1] - max_new_tokens + n
+        return out if n == max_new_tokens else out[:, :end].clone()
+
+
+def _output_buffer(input_ids: Tensor | None, token: Tensor, new: int) -> Tensor:
+    """(b, l + new) int64 holding ``input_ids`` (b, l) (l = 0 when None) and room for ``new``
+    tokens; ``token`` (b,) gives the batch and device."""
+    b, device = token.shape[0], token.device
+    l = 0 if input_ids is None else input_ids.shape[1]
+    out = torch.empty(b, l + new, dtype=torch.long, device=device)
+    if input_ids is not None:
+        out[:, :l] = input_ids
+    return out

@@ -50,10 +50,10 @@ def test_kernel_matches_ref_outputs_states_and_all_gradients(L, p):
 
 @pytest.mark.parametrize("with_reset", [False, True])
 def test_kernel_gradcheck(with_reset):
-    """float64 gradcheck of the autograd Function: groups, a chunk boundary (l > CHUNK),
+    """float64 gradcheck of the autograd Function: groups, a length of 43 (odd),
     resets, h0, odd head and state sizes."""
     resets = [(0, 3), (1, 40), (1, 41)] if with_reset else []
-    inputs, keep = kernel_inputs(b=2, l=cpu_numba.CHUNK + 11, h=2, p=2, n=3, g=2, resets=resets)
+    inputs, keep = kernel_inputs(b=2, l=43, h=2, p=2, n=3, g=2, resets=resets)
     assert torch.autograd.gradcheck(lambda *t: cpu_numba.ssd_numba(*t, keep), inputs)
     wide, keep = kernel_inputs(b=1, l=3, h=1, p=9, n=11, g=1, seed=5)
     assert torch.autograd.gradcheck(lambda *t: cpu_numba.ssd_numba(*t, keep), wide)

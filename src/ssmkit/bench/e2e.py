@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.bench.rows import Row, Settings
+from ssmkit.layers.warm_up import warm_up_for
 from ssmkit.models import load_pretrained
-from ssmkit.ops.selective_scan import cpu_numba
-from ssmkit.ops.ssd import cpu_numba as ssd_numba
 
 Tensor = torch.Tensor
 
@@ -88,8 +87,6 @@ def e2e_decode_cases(s: Settings) -> Iterator[list[Row]]:
 
 
 def _cases(s: Settings, train: bool) -> Iterator[list[Row]]:
-    cpu_numba.warm_up(torch.float32)  # time the kernels, not their compilation
-    ssd_numba.warm_up(torch.float32)  # Mamba-2's SSD kernels too
     shape, batch, length = TRAIN[s.size]
     for version in (1, 2) if train else ():
         yield _train_case(version, shape, batch, length, s)
@@ -138,6 +135,7 @@ def _hf_logits(model: nn.Module, ids: Tensor) -> Tensor:
 
 def _train_case(version: int, shape: LMShape, batch: int, length: int, s: Settings) -> list[Row]:
     hf, ours = hf_pair(version, shape)
+    warm_up_for(ours)  # time the kernels, not their compilation
     hf.train()
     ours.train()
     ids = torch.randint(0, shape.vocab_size, (batch, length), generator=torch.Generator())
@@ -167,6 +165,7 @@ def _train_case(version: int, shape: LMShape, batch: int, length: int, s: Settin
 
 def _decode_case(version: int, shape: LMShape, prompt_len: int, new: int, s: Settings) -> list[Row]:
     hf, ours = hf_pair(version, shape)
+    warm_up_for(ours)  # prefill runs the training kernels: time them, not their compilation
     hf.eval()
     ours.eval()
     prompt = torch.randint(0, shape.vocab_size, (1, prompt_len), generator=torch.Generator())

@@ -29,10 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssmkit import data
 from ssmkit.core.kinds import TaskKind, task_kind
 from ssmkit.core.params import param_groups
-from ssmkit.layers.mamba import Mamba
-from ssmkit.layers.mamba2 import Mamba2
-from ssmkit.ops.selective_scan import cpu_numba
-from ssmkit.ops.ssd import cpu_numba as ssd_numba
+from ssmkit.layers.warm_up import warm_up_for
 from ssmkit.train import checkpoint as ckpt
 from ssmkit.train import distributed
 from ssmkit.train import rundir as rd
@@ -313,10 +310,8 @@ def _setup(
     # the numba kernels compile in the background on first use, the first calls running
     # other backends meanwhile: training waits for them, so every step uses one backend
     # (bit-for-bit resume)
-    if device.type == "cpu" and any(isinstance(m, Mamba) for m in model.modules()):
-        cpu_numba.warm_up(torch.float32, wait=True)
-    if device.type == "cpu" and any(isinstance(m, Mamba2) for m in model.modules()):
-        ssd_numba.warm_up(torch.float32, wait=True)
+    if device.type == "cpu":
+        warm_up_for(model)
     return s
 
 

@@ -3,11 +3,11 @@
 Backends: ``ref`` (the loop, :mod:`.ref`, differentiable any number of times), ``chunked``
 (the SSD chunked algorithm with a hand-written backward, :mod:`.chunked`, differentiable once),
 ``numba`` (the recurrence as fused CPU kernels, :mod:`.cpu_numba`, differentiable once, float32
-and float64; "auto" picks it on CPU once its kernels are compiled, ``chunked`` until then and
-for other dtypes) and ``triton`` (:mod:`.triton_backend`, the chunked algorithm as Triton
-kernels; "auto" picks it on CUDA when triton is installed, on CPU only an explicit name reaches
-it, under TRITON_INTERPRET=1). The public function applies dt_bias/softplus, D and the z
-gate once.
+and float64, the skip D x added inside them; "auto" picks it on CPU once its kernels are
+compiled, ``chunked`` until then and for other dtypes) and ``triton`` (:mod:`.triton_backend`,
+the chunked algorithm as Triton kernels; "auto" picks it on CUDA when triton is installed, on
+CPU only an explicit name reaches it, under TRITON_INTERPRET=1). The public function applies
+dt_bias/softplus, D and the z gate once.
 """
 
 from __future__ import annotations
@@ -105,9 +105,12 @@ def ssd(
     keep = None if reset is None else ~check_bool_mask("reset", reset, (b, x.shape[1]))
     args = [t.to(x.dtype) for t in (x, delta, A, B, C, h0)]
     keep = None if keep is None else keep.to(x.dtype)
-    y, last = impl.fn(*args, keep, chunk_size)  # every backend: the same arguments
-    if D is not None:
-        y = y + (D.unsqueeze(-1) if D.ndim == 1 else D) * x
+    if impl.name == "numba":  # its kernels add the skip D x (no (b, l, h, p) temporaries)
+        y, last = impl.fn(*args, keep, chunk_size, D=D)
+    else:
+        y, last = impl.fn(*args, keep, chunk_size)  # every backend: the same arguments
+        if D is not None:
+            y = y + (D.unsqueeze(-1) if D.ndim == 1 else D) * x
     if z is not None:
         y = y * F.silu(z)
     return (y, last) if return_final_state else y

@@ -12,10 +12,12 @@ Three ways, one result:
 The fast two never build an (*, n, L) tensor. The Vandermonde product splits l = s + j into
 blocks of c positions and reuses one (*, n, c) table of A^j for all blocks (a batched
 matmul). The Cauchy sums walk the frequencies in chunks; their backward pass either
-recomputes and replays each chunk (``backend="ref"``, activation checkpointing) or runs the
-hand-written adjoint sums of :mod:`ssmkit.core.kernels_dplr`, which cost about one forward.
-Either way the temporary holds at most ``max(numel(K), 2**20)`` elements
-(:func:`default_chunk`).
+recomputes and replays each chunk (``backend="ref"``, activation checkpointing), runs the
+hand-written adjoint sums of :mod:`ssmkit.core.kernels_dplr` (``"adjoint"``), or, by
+default, sums over all roots of unity by one FFT and GEMMs
+(:mod:`ssmkit.core.kernels_dplr_roots`, ``"roots"``). Chunked, the temporary holds at most
+``max(numel(K), 2**20)`` elements (:func:`default_chunk`); "roots" with gradients holds the
+(*, L + 2, (1 + r)^2) sums of all points at once (without gradients it runs chunked).
 
 Conjugate pairs: with ``conj=True`` each stored mode stands for itself and its complex
 conjugate, so the kernel of the real system is 2 Re(sum over stored modes) (S4D, section 3).
@@ -41,13 +43,15 @@ from ssmkit.core.kernels_dplr import (
     cauchy_adjoint,
     cauchy_ref,
     mirrored_points,
+    roots_of_unity,
     spectrum_from_sums,
 )
+from ssmkit.core.kernels_dplr_roots import cauchy_roots, root_positions
 
 Tensor = torch.Tensor
 
 CHUNK_BUDGET = 2**20  # elements of the per-chunk temporary, at least
-DPLR_BACKENDS = ("auto", "ref", "adjoint")
+DPLR_BACKENDS = ("auto", "ref", "adjoint", "roots")
 
 
 def default_chunk(batch: int, n: int, L: int) -> int:
@@ -250,10 +254,13 @@ def kernel_dplr(
             (see :func:`dplr_c_tilde`), dt: (*) real > 0.
         L: kernel length.
         conj: the inputs hold one mode of each conjugate pair (the other is implied).
-        chunk: frequencies per chunk (default :func:`default_chunk`).
+        chunk: frequencies per chunk (default :func:`default_chunk`); with "roots" and
+            gradients the Cauchy sums are one call over all frequencies, the rest chunked.
         backend: "ref" (autograd through checkpointed chunks), "adjoint" (a custom autograd
-            Function whose backward recomputes the Cauchy table: about the forward's cost),
-            or "auto" (= "adjoint"). Both give the same kernel and gradients.
+            Function whose backward recomputes the Cauchy table: about twice the forward's
+            cost), "roots" (the same forward; the backward by one FFT and Vandermonde GEMMs,
+            :mod:`ssmkit.core.kernels_dplr_roots`) or "auto" (= "roots"). All give the same
+            kernel and gradients.
 
     Returns:
         K: (*, L) real.
@@ -291,14 +298,21 @@ def kernel_dplr(
     )
     half = L // 2 + 1  # K is real, so K_hat at k = 0 .. L/2 determines it (irfft)
     chunk = chunk or default_chunk(Lam.shape[0], 2 * max(n, X.shape[-2]), half)
-    sums = cauchy_ref if backend == "ref" else cauchy_adjoint
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (Lam, half_dt, X))
+    if backend in ("auto", "roots") and grad:  # its backward needs all roots of unity at once
+        S = cauchy_roots(Lam, half_dt, X, L, chunk)  # (B, 2 half, j), chunk after chunk
+        w = roots_of_unity(root_positions(L, chunk, Lam.device), L, cdtype)  # (2 half,)
+        parts = zip(S.split(2 * chunk, 1), w.split(2 * chunk), strict=True)
+        K_hat = torch.cat([spectrum_from_sums(s, wc, half_dt, conj) for s, wc in parts], dim=1)
+    else:
+        sums = cauchy_ref if backend == "ref" else cauchy_adjoint
 
-    def spectrum(pos: Tensor, Lam: Tensor, half_dt: Tensor, X: Tensor) -> tuple[Tensor]:
-        w = mirrored_points(pos, L, cdtype)  # (2c,): w_k, then w_{-k}
-        return (spectrum_from_sums(sums(w, Lam, half_dt, X), w, half_dt, conj),)
+        def spectrum(pos: Tensor, Lam: Tensor, half_dt: Tensor, X: Tensor) -> tuple[Tensor]:
+            w = mirrored_points(pos, L, cdtype)  # (2c,): w_k, then w_{-k}
+            return (spectrum_from_sums(sums(w, Lam, half_dt, X), w, half_dt, conj),)
 
-    # the adjoint recomputes the Cauchy table itself: no checkpoint around it
-    (K_hat,) = _chunked(spectrum, half, chunk, Lam, half_dt, X, recompute=backend == "ref")
+        # the adjoint recomputes the Cauchy table itself: no checkpoint around it
+        (K_hat,) = _chunked(spectrum, half, chunk, Lam, half_dt, X, recompute=backend == "ref")
     K = torch.fft.irfft(K_hat, n=L, dim=-1)  # (B, L)
     return K.reshape(*batch, L)
 

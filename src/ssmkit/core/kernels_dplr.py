@@ -100,13 +100,7 @@ class _CauchyAdjoint(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, Lam: Tensor, half_dt: Tensor, X: Tensor) -> Tensor:
         ctx.save_for_backward(w, Lam, half_dt, X)
-        (B, n), f = Lam.shape, w.shape[0]
-        Xt = X.mT  # (B, n, j)
-        out = X.new_empty(B, f, X.shape[1])  # (B, f, j)
-        for cb, pt in _tiles(B, f, n):
-            R = inverse_denominators(w[pt], Lam[cb], half_dt[cb])  # (bb, c, n)
-            out[cb, pt] = R @ Xt[cb]
-        return out
+        return cauchy_tiled(w, Lam, half_dt, X)
 
     @staticmethod
     @once_differentiable
@@ -125,15 +119,48 @@ class _CauchyAdjoint(torch.autograd.Function):
                 gX[cb].baddbmm_(R, Gc[cb, pt])
             if need_T:
                 M[cb].baddbmm_(R.mul_(R), bGc[cb, pt])
-        grad_X = gX.mT.conj() if need_X else None  # (B, j, n)
-        grad_Lam = grad_dt = None
-        if need_T:
-            T = (X * M.mT).sum(-2).conj()  # (B, n): dL/dLambda_n = dt/2 T_n
-            if need_Lam:
-                grad_Lam = half_dt.unsqueeze(-1) * T
-            if need_dt:
-                grad_dt = (Lam.conj() * T).sum(-1).real  # (B,)
-        return None, grad_Lam, grad_dt, grad_X
+        return (None, *grads_from_sums(gX, M, Lam, half_dt, X, need_Lam, need_dt))
+
+
+def grads_from_sums(
+    gX: Tensor | None,
+    M: Tensor | None,
+    Lam: Tensor,
+    half_dt: Tensor,
+    X: Tensor,
+    need_Lam: bool,
+    need_dt: bool,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Gradients of Lambda, dt/2 and X from the adjoint's two sums (module docstring).
+
+    Args:
+        gX: (B, n, j) sum_k conj(G_kj) / d_n(w_k), or None (X needs no gradient).
+        M: (B, n, j) sum_k (1 + w_k) conj(G_kj) / d_n(w_k)^2, or None.
+        Lam: (B, n). half_dt: (B,). X: (B, j, n). need_Lam, need_dt: which to return.
+
+    Returns:
+        grad_Lam (B, n), grad_half_dt (B,), grad_X (B, j, n); None where not needed.
+    """
+    grad_X = gX.mT.conj() if gX is not None else None  # (B, j, n)
+    grad_Lam = grad_dt = None
+    if M is not None:
+        T = (X * M.mT).sum(-2).conj()  # (B, n): dL/dLambda_n = dt/2 T_n
+        if need_Lam:
+            grad_Lam = half_dt.unsqueeze(-1) * T
+        if need_dt:
+            grad_dt = (Lam.conj() * T).sum(-1).real  # (B,)
+    return grad_Lam, grad_dt, grad_X
+
+
+def cauchy_tiled(w: Tensor, Lam: Tensor, half_dt: Tensor, X: Tensor) -> Tensor:
+    """The sums of :func:`cauchy_ref` tile by tile, no autograd: (B, f, j), args as there."""
+    (B, n), f = Lam.shape, w.shape[0]
+    Xt = X.mT  # (B, n, j)
+    out = X.new_empty(B, f, X.shape[1])  # (B, f, j)
+    for cb, pt in _tiles(B, f, n):
+        R = inverse_denominators(w[pt], Lam[cb], half_dt[cb])  # (bb, c, n)
+        out[cb, pt] = R @ Xt[cb]
+    return out
 
 
 def spectrum_from_sums(S: Tensor, w: Tensor, half_dt: Tensor, conj: bool) -> Tensor:
@@ -152,10 +179,13 @@ def spectrum_from_sums(S: Tensor, w: Tensor, half_dt: Tensor, conj: bool) -> Ten
     """
     c = S.shape[1] // 2
     r = math.isqrt(S.shape[-1]) - 1
-    k00, k01, k10, k11 = S[..., 0], S[..., 1 : 1 + r], S[..., 1 + r : 1 + 2 * r], S[..., -r * r :]
-    k11 = k11.unflatten(-1, (r, r))  # (B, 2c, r, r)
     s = half_dt.unsqueeze(-1) * (1 + w)  # (B, 2c)
-    own, mirror = [k[:, :c] for k in (k00, k01, k10, k11)], [k[:, c:] for k in (k00, k01, k10, k11)]
+    # split, not slices: autograd then joins the parts' gradients in one cat instead of
+    # zero-filling an S-sized tensor per slice
+    own, mirror = (
+        [k00.squeeze(-1), k01, k10, k11.unflatten(-1, (r, r))]  # (B, c, [r, [r]])
+        for k00, k01, k10, k11 in (half.split([1, r, r, r * r], -1) for half in S.split(c, 1))
+    )
     if conj:
         both = [a + b.conj() for a, b in zip(own, mirror, strict=True)]
         return _woodbury(*both, s[:, :c], half_dt)

@@ -3,10 +3,11 @@
 A = diag(Lambda) - P^T conj(P) in HiPPO-LegS's eigenbasis (its NPLR form, S4 Theorem 1), one
 dt per channel, N/2 stored modes standing for conjugate pairs. With the bilinear rule the
 kernel comes from Cauchy sums at the roots of unity plus the Woodbury correction
-(:func:`ssmkit.core.kernels.kernel_dplr`; its default "adjoint" backend differentiates the
-Cauchy sums by hand, so a training step's backward costs about one forward and keeps no
-(h, N, L) table); C_tilde is the parameter and C = C_tilde (I - A_bar^l_max)^{-1} is formed
-when the recurrent form needs it, so one trained layer runs at any length and steps exactly.
+(:func:`ssmkit.core.kernels.kernel_dplr`; its default "roots" backend differentiates the
+Cauchy sums by one FFT and Vandermonde GEMMs over all roots of unity, so a training step's
+backward costs less than its forward's Cauchy sums and keeps no (h, N, L) table); C_tilde is
+the parameter and C = C_tilde (I - A_bar^l_max)^{-1} is formed when the recurrent form needs
+it, so one trained layer runs at any length and steps exactly.
 
 The recurrent modes use the dense (N, N) transition of each channel: ``mode="scan"`` and
 ``step`` cost O(N^2) per step and channel. In conv mode a given or returned state also
@@ -53,7 +54,8 @@ class S4(LTILayer):
         mode: "conv" or "scan" (the dense recurrence).
         bidirectional, block, lr: as for :class:`ssmkit.layers.S4D`.
         kernel_backend: backend of :func:`ssmkit.core.kernels.kernel_dplr` ("auto", "ref",
-            "adjoint"); the same kernel and gradients, "ref" has the slower backward and, for
+            "adjoint", "roots"); the same kernel and gradients, "ref" has the slowest backward
+            and, for
             inputs longer than l_max, forms C_tilde for the new length by the definition
             (two dense matrix powers) instead of :func:`dplr_c_tilde_rescale`.
         device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters

@@ -47,7 +47,7 @@ def test_bench_tiny_runs_as_a_subprocess_with_json(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(path.read_text())
     suites = {r["suite"] for r in rows}
-    assert suites == set(SUITES)
+    assert suites == set(SUITES) - {"e2e-decode"}  # a subset of e2e, not run by default
     layers = {r["case"].split()[0] for r in rows if r["suite"] == "layers"}
     assert layers == {"S4", "S4D", "DSS", "S5", "LRU"}
     for r in rows:

@@ -259,7 +259,8 @@ def kernel_dplr(
         backend: "ref" (autograd through checkpointed chunks), "adjoint" (a custom autograd
             Function whose backward recomputes the Cauchy table: about twice the forward's
             cost), "roots" (the same forward; the backward by one FFT and Vandermonde GEMMs,
-            :mod:`ssmkit.core.kernels_dplr_roots`) or "auto" (= "roots"). All give the same
+            :mod:`ssmkit.core.kernels_dplr_roots`) or "auto" (= "roots"; "adjoint" under
+            torch.compile). All give the same
             kernel and gradients.
 
     Returns:
@@ -299,6 +300,8 @@ def kernel_dplr(
     half = L // 2 + 1  # K is real, so K_hat at k = 0 .. L/2 determines it (irfft)
     chunk = chunk or default_chunk(Lam.shape[0], 2 * max(n, X.shape[-2]), half)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (Lam, half_dt, X))
+    if backend == "auto" and torch.compiler.is_compiling():  # "roots" writes into out= views
+        backend = "adjoint"
     if backend in ("auto", "roots") and grad:  # its backward needs all roots of unity at once
         S = cauchy_roots(Lam, half_dt, X, L, chunk)  # (B, 2 half, j), chunk after chunk
         w = roots_of_unity(root_positions(L, chunk, Lam.device), L, cdtype)  # (2 half,)

@@ -22,7 +22,6 @@ from torch.autograd.function import once_differentiable
 from ssmkit.ops.selective_scan import cpu_numba as mamba_kernels
 
 try:
-    import numba
     from numba import njit, prange
 
     from ssmkit.ops.selective_scan.cpu_numba import _exp2
@@ -219,10 +218,7 @@ def _fits(x: Tensor, z: Tensor | None, weight: Tensor) -> bool:
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
-    if njit is None:
-        return False
-    want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
-    return all(any(sig[0].dtype == want for sig in k.signatures) for k in (_fwd, _bwd))
+    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _bwd))
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:

@@ -322,10 +322,16 @@ _WARM_LOCK = threading.Lock()
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
+    return compiled_for(dtype, (_fwd, _bwd))
+
+
+def compiled_for(dtype: torch.dtype, kernels: tuple[object, ...]) -> bool:
+    """Whether every numba kernel in ``kernels`` has a compiled signature whose first
+    argument is an array of ``dtype`` (the ``ready`` check of each kernel module)."""
     if numba is None:
         return False
     want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
-    return all(any(sig[0].dtype == want for sig in k.signatures) for k in (_fwd, _bwd))
+    return all(any(sig[0].dtype == want for sig in k.signatures) for k in kernels)
 
 
 NOTE_AFTER_S = 1.0  # a compile takes longer (and is noted); a load from the disk cache not

@@ -32,8 +32,8 @@ import torch
 from ssmkit.bench.e2e import copy_bandwidth, read_bandwidth
 from ssmkit.bench.measure import _status_kib
 from ssmkit.bench.rows import Row, Settings
+from ssmkit.layers.warm_up import warm_up_for
 from ssmkit.models import MambaConfig, MambaLM
-from ssmkit.ops.selective_scan import cpu_numba
 
 Tensor = torch.Tensor
 Advance = Callable[[Tensor], Tensor]  # token (b,) -> next logits (b, v)
@@ -82,7 +82,6 @@ def generate_cases(s: Settings) -> Iterator[list[Row]]:
     }[s.size]
     if s.device != "cpu":
         raise ValueError(f"the generate suite compares CPU decoders, got device {s.device!r}")
-    cpu_numba.warm_up(torch.float32, wait=True)  # no compiling in the background while timing
     bandwidth = (copy_bandwidth(), read_bandwidth())
     for n_layer, d_model, version, tokens in sizes:
         yield _case(n_layer, d_model, version, tokens, s, bandwidth)
@@ -101,6 +100,7 @@ def _case(
     cfg = MambaConfig(d_model=d_model, n_layer=n_layer, version=version,
                       vocab_size=50280 if s.size != "tiny" else 1000)  # fmt: skip
     model = MambaLM(cfg).to(s.device).eval()
+    warm_up_for(model)  # the prefill's kernels (SSD, norm) would otherwise compile while timing
     prompt = torch.randint(0, cfg.vocab_size, (1, 16), device=s.device)
     case = f"Mamba{'-2' if version == 2 else ''} {n_layer}x{d_model} prompt 16, {tokens} new"
     names = [n for n in DECODERS if s.size != "tiny" or DECODERS[n][1] != "compile"]

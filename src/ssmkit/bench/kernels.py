@@ -64,7 +64,7 @@ def kernel_cases(s: Settings) -> Iterator[list[Row]]:
 
 
 def _dplr_rows(h: int, n: int, L: int, s: Settings) -> list[Row]:
-    """kernel_dplr's two backends (the first is the baseline), dense powering, the peer."""
+    """kernel_dplr's three backends (the first is the baseline), dense powering, the peer."""
     case = f"h={h} N={2 * n} L={L} (DPLR)"
     Lam = s4d_init("legs", 2 * n, dtype=torch.complex64).to(s.device).expand(h, n).contiguous()
     P = 0.1 * torch.randn(h, 1, n, dtype=torch.complex64, device=s.device)
@@ -72,7 +72,11 @@ def _dplr_rows(h: int, n: int, L: int, s: Settings) -> list[Row]:
     Ct = torch.randn(h, n, dtype=torch.complex64, device=s.device)
     dt = log_uniform_dt(h, generator=torch.Generator().manual_seed(0)).to(s.device)
     rows = []
-    for backend, impl in (("ref", "ref: dplr autograd+checkpoint"), ("adjoint", "dplr: adjoint")):
+    for backend, impl in (
+        ("ref", "ref: dplr autograd+checkpoint"),
+        ("adjoint", "dplr: adjoint"),
+        ("roots", "dplr: roots (default)"),
+    ):
         rows.append(
             measure_row(
                 "kernels", case, impl,
@@ -107,12 +111,12 @@ def _s4_layer_rows(h: int, L: int, s: Settings) -> list[Row]:
     x = torch.randn(1, L, h, device=s.device)
     rows = []
     state = None
-    for backend in ("ref", "adjoint"):
+    for backend in ("ref", "adjoint", "roots"):
         layer = S4(h, N=64, l_max=L, kernel_backend=backend).to(s.device)
         if state is None:
             state = layer.state_dict()
         layer.load_state_dict(state)  # the same parameters for both rows
-        impl = "ref: S4 kernel backend=ref" if backend == "ref" else "S4 kernel backend=adjoint"
+        impl = f"{'ref: ' if backend == 'ref' else ''}S4 kernel backend={backend}"
         rows.append(
             measure_row(
                 "kernels", case, impl, partial(_layer_output, layer, x), [*layer.parameters()], s

@@ -135,18 +135,32 @@ def causal_conv1d(
     lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Fused form of :func:`causal_conv1d_ref` (no ``reset``): same arguments and results."""
-    b, l, c = x.shape
+    b, _, c = x.shape
     k1 = weight.shape[-1] - 1
     prev = (state if state is not None else x.new_zeros(b, c, k1)).to(x.dtype)  # (b, c, k - 1)
     w = weight.to(x.dtype)
     y = _DepthwiseCausalConv.apply(x, prev, w, None if bias is None else bias.to(x.dtype))
-    # the state: inputs at lengths .. lengths + k - 2 of [prev, x], read from x or prev
+    return y, last_inputs(x, prev, lengths)
+
+
+def last_inputs(x: Tensor, prev: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """The conv state after each item's last valid step: the k - 1 inputs of [prev, x]
+    before position ``lengths`` (default l), read from x or prev without concatenating.
+
+    Args:
+        x: (b, l, c) inputs. prev: (b, c, k - 1) inputs before x, in x's dtype.
+        lengths: (b,) valid steps per item, or None.
+
+    Returns:
+        (b, c, k - 1).
+    """
+    b, l, c = x.shape
+    k1 = prev.shape[-1]
     end = torch.full((b,), l, device=x.device) if lengths is None else lengths.to(x.device)
     idx = end.view(b, 1) + torch.arange(k1, device=x.device)  # (b, k - 1)
     from_x = x.gather(1, (idx - k1).clamp(min=0).unsqueeze(-1).expand(b, k1, c))  # (b, k - 1, c)
     from_prev = prev.gather(-1, idx.clamp(max=max(k1 - 1, 0)).unsqueeze(1).expand(b, c, k1))
-    last = torch.where((idx >= k1).unsqueeze(1), from_x.transpose(1, 2), from_prev)
-    return y, last
+    return torch.where((idx >= k1).unsqueeze(1), from_x.transpose(1, 2), from_prev)
 
 
 class _DepthwiseCausalConv(torch.autograd.Function):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.checks import check_choice
 from ssmkit.core.dtypes import full_precision
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
@@ -34,9 +35,9 @@ from ssmkit.layers.base import (
     length_mask,
     packed_resets,
 )
-from ssmkit.layers.conv1d import CausalConv1d
+from ssmkit.layers.conv1d import CausalConv1d, last_inputs
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.ops import ssd
+from ssmkit.ops import mamba2_input, ssd
 from ssmkit.ops.ssd.ref import ssd_ref
 
 Tensor = torch.Tensor
@@ -64,6 +65,11 @@ class Mamba2(SequenceLayer):
         bias, conv_bias: biases of in/out_proj and of conv1d.
         norm_eps: epsilon of the gated RMSNorm.
         backend: ssd backend ("auto", "ref", "chunked", "numba", "triton").
+        input_backend: the path from in_proj's output to (z, x, B, C, dt_raw) in ``forward``:
+            "ref" (split, :class:`CausalConv1d`, SiLU, split), "numba" (one fused kernel each
+            way, :func:`ssmkit.ops.mamba2_input.mamba2_input`) or "auto" (numba on CPU
+            float32/float64 once compiled, when ``backend`` is "auto" or "numba"; packed
+            sequences (``cu_seqlens``) always take "ref").
         device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters
             are created and their floating dtype.
     """
@@ -85,6 +91,7 @@ class Mamba2(SequenceLayer):
         conv_bias: bool = True,
         norm_eps: float = 1e-5,
         backend: str = "auto",
+        input_backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -98,6 +105,7 @@ class Mamba2(SequenceLayer):
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.headdim, self.ngroups, self.nheads = headdim, ngroups, d_inner // headdim
         self.chunk_size, self.backend = chunk_size, backend
+        self.input_backend = check_choice("input_backend", input_backend, mamba2_input.BACKENDS)
         self.dt_limit = check_limit(dt_limit)
         self.conv_dim = d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + self.nheads, bias=bias)
@@ -138,11 +146,28 @@ class Mamba2(SequenceLayer):
         reset = packed_resets(cu_seqlens, b, l, lengths)
         if state is not None:
             self._check_state(state, b)
-        z, xBC, dt_raw = self.in_proj(x).split([self.d_inner, self.conv_dim, self.nheads], -1)
-        xBC, conv_last = self.conv1d(xBC, None if state is None else state.conv, lengths, reset)
+        zxbcdt = self.in_proj(x)  # (b, l, d_inner + conv_dim + h)
         mask = None if lengths is None else length_mask(lengths, l).unsqueeze(-1)
         h0 = None if state is None else state.ssm
-        y, h = self._ssm(F.silu(xBC), dt_raw, h0, mask, reset=reset)
+        conv0 = None if state is None else state.conv.to(zxbcdt.dtype)
+        if reset is None and self._fused_input(zxbcdt, conv0):
+            sizes = mamba2_input.Mamba2Sizes(
+                self.d_inner, self.ngroups, self.d_state, self.nheads, self.headdim
+            )
+            conv = self.conv1d
+            z, xs, B, C, dt_raw = mamba2_input.mamba2_input(
+                zxbcdt, conv.weight, conv.bias, conv0, sizes, backend="numba"
+            )
+            conv_last = None
+            if return_state:
+                xBC = zxbcdt[..., self.d_inner : self.d_inner + self.conv_dim]
+                prev = xBC.new_zeros(b, self.conv_dim, self.d_conv - 1) if conv0 is None else conv0
+                conv_last = last_inputs(xBC, prev, lengths)
+            y, h = self._ssm_heads(xs, B, C, dt_raw, h0, mask)
+        else:
+            z, xBC, dt_raw = zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], -1)
+            xBC, conv_last = self.conv1d(xBC, conv0, lengths, reset)
+            y, h = self._ssm(F.silu(xBC), dt_raw, h0, mask, reset=reset)
         y = check_overflow(self, self.out_proj(self.norm(y, z)), x)
         if mask is not None:
             y = y * mask
@@ -162,34 +187,45 @@ class Mamba2(SequenceLayer):
         y, h = self._ssm(F.silu(xBC).unsqueeze(1), dt_raw.unsqueeze(1), state.ssm, None, "step")
         return self.out_proj(self.norm(y[:, 0], z)), Mamba2State(conv, h)
 
+    def _fused_input(self, zxbcdt: Tensor, conv0: Tensor | None) -> bool:
+        """Whether ``forward`` takes the fused input kernels (see ``input_backend``)."""
+        if self.input_backend != "auto":
+            return self.input_backend == "numba"
+        if self.backend not in ("auto", "numba"):
+            return False
+        bias = self.conv1d.bias
+        return mamba2_input.picks_numba(zxbcdt, self.conv1d.weight, bias, conv0)
+
     def _ssm(self, xBC, dt_raw, h0, mask, backend=None, reset=None):
         """SSD on the conv output xBC (b, l, conv_dim) with raw step sizes dt_raw (b, l, h)."""
         gn = self.ngroups * self.d_state
         xs, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        work = torch.promote_types(xs.dtype, torch.float32)
-        with full_precision(xs.device):
+        g, n = self.ngroups, self.d_state
+        x = xs.unflatten(-1, (self.nheads, self.headdim))  # (b, l, h, p)
+        B, C = B.unflatten(-1, (g, n)), C.unflatten(-1, (g, n))  # (b, l, g, n)
+        return self._ssm_heads(x, B, C, dt_raw, h0, mask, backend, reset)
+
+    def _ssm_heads(self, x, B, C, dt_raw, h0, mask, backend=None, reset=None):
+        """SSD on x (b, l, h, p), B, C (b, l, g, n) with raw step sizes dt_raw (b, l, h);
+        returns y (b, l, d_inner) and the final state."""
+        dtype = x.dtype
+        work = torch.promote_types(dtype, torch.float32)
+        with full_precision(x.device):
             dt = step_size(dt_raw.to(work), self.dt_bias.to(work), self.dt_limit)  # (b, l, h)
             if mask is not None:  # dt = 0 past the end: the state stays, nothing enters
                 dt = dt * mask
+            x, B, C = x.to(work), B.to(work), C.to(work)
             if backend == "step":  # one token, checked state: the loop definition directly
-                x = xs.to(work).unflatten(-1, (self.nheads, self.headdim))  # (b, 1, h, p)
-                y, h = ssd_ref(
-                    x, dt, -torch.exp(self.A_log.to(work)),
-                    B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
-                    C.to(work).unflatten(-1, (self.ngroups, self.d_state)), h0.to(work),
-                )  # fmt: skip
+                y, h = ssd_ref(x, dt, -torch.exp(self.A_log.to(work)), B, C, h0.to(work))
                 y = y + self.D.to(work).unsqueeze(-1) * x  # the skip term D x
-                return y.flatten(-2).to(xs.dtype), h
+                return y.flatten(-2).to(dtype), h
             y, h = ssd(
-                xs.to(work).unflatten(-1, (self.nheads, self.headdim)), dt,
-                -torch.exp(self.A_log.to(work)),
-                B.to(work).unflatten(-1, (self.ngroups, self.d_state)),
-                C.to(work).unflatten(-1, (self.ngroups, self.d_state)),
+                x, dt, -torch.exp(self.A_log.to(work)), B, C,
                 chunk_size=self.chunk_size, D=self.D.to(work),
                 initial_state=None if h0 is None else h0.to(work),
                 return_final_state=True, reset=reset, backend=backend or self.backend,
             )  # fmt: skip
-        return y.flatten(-2).to(xs.dtype), h
+        return y.flatten(-2).to(dtype), h
 
     def _check_state(self, state: Mamba2State, batch: int) -> None:
         shapes = {

@@ -13,12 +13,17 @@ from torch import nn
 from ssmkit.layers.mamba import Mamba
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.ops import gated_norm
+from ssmkit.ops import gated_norm, mamba2_input
 from ssmkit.ops.selective_scan import cpu_numba as scan_numba
 from ssmkit.ops.ssd import cpu_numba as ssd_numba
 
 # module type -> the kernel family its CPU "auto" path runs
-KERNELS = ((Mamba, scan_numba.warm_up), (Mamba2, ssd_numba.warm_up), (RMSNorm, gated_norm.warm_up))
+KERNELS = (
+    (Mamba, scan_numba.warm_up),
+    (Mamba2, ssd_numba.warm_up),
+    (Mamba2, mamba2_input.warm_up),
+    (RMSNorm, gated_norm.warm_up),
+)
 
 
 def warm_up_for(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
@@ -26,7 +31,8 @@ def warm_up_for(model: nn.Module, dtype: torch.dtype = torch.float32) -> None:
 
     Args:
         model: any module; its submodules decide (Mamba: the selective scan, Mamba-2: the
-            SSD kernels, RMSNorm: the fused norm). A model with none of them costs nothing.
+            SSD kernels and the fused input path, RMSNorm: the fused norm). A model with
+            none of them costs nothing.
         dtype: the floating dtype the kernels are compiled for.
     """
     present = {type(m) for m in model.modules()}

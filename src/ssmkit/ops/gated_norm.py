@@ -61,7 +61,8 @@ def gated_rms_norm_ref(
 
 
 def _fwd(x, z, w, eps, gs, gated, y, rstd):  # pragma: no cover - compiled
-    # x, z, y (r, d) rows; w (d,); rstd (r, d / gs)
+    # x, z, y (r, d) rows; w (d,); rstd (r, d / gs). The inner loops index one group's
+    # slices from 0 (an offset index defeats the vectoriser).
     R, D = x.shape
     one = x.dtype.type(1)
     inv_gs = x.dtype.type(1.0 / gs)  # float arithmetic in x's dtype throughout
@@ -70,22 +71,23 @@ def _fwd(x, z, w, eps, gs, gated, y, rstd):  # pragma: no cover - compiled
     for i in prange(R):
         for j in range(D // gs):
             o = j * gs
+            xg, zg, yg, wg = x[i, o : o + gs], z[i, o : o + gs], y[i, o : o + gs], w[o : o + gs]
             ss = x.dtype.type(0)
             if gated:
-                for k in range(o, o + gs):
-                    zk = z[i, k]
-                    g = x[i, k] * zk / (one + _exp2(-zk * log2e))  # x silu(z)
-                    y[i, k] = g
+                for k in range(gs):
+                    zk = zg[k]
+                    g = xg[k] * zk / (one + _exp2(-zk * log2e))  # x silu(z)
+                    yg[k] = g
                     ss += g * g
             else:
-                for k in range(o, o + gs):
-                    g = x[i, k]
-                    y[i, k] = g
+                for k in range(gs):
+                    g = xg[k]
+                    yg[k] = g
                     ss += g * g
             r = one / np.sqrt(ss * inv_gs + eps_t)
             rstd[i, j] = r
-            for k in range(o, o + gs):
-                y[i, k] = y[i, k] * r * w[k]
+            for k in range(gs):
+                yg[k] = yg[k] * r * wg[k]
 
 
 def _bwd(x, z, w, rstd, gs, gated, bounds, dy, dx, dz, dw_blk):  # pragma: no cover - compiled
@@ -96,32 +98,41 @@ def _bwd(x, z, w, rstd, gs, gated, bounds, dy, dx, dz, dw_blk):  # pragma: no co
     for blk in prange(bounds.shape[0] - 1):
         g = np.empty(gs, x.dtype)  # the group's gated input x silu(z)
         sg = np.empty(gs, x.dtype)  # and sigmoid(z)
-        dw = dw_blk[blk]
         for i in range(bounds[blk], bounds[blk + 1]):
             for j in range(D // gs):
                 o = j * gs
+                xg, zg, wg, dyg = (
+                    x[i, o : o + gs],
+                    z[i, o : o + gs],
+                    w[o : o + gs],
+                    dy[i, o : o + gs],
+                )
+                dw = dw_blk[blk, o : o + gs]
                 r = rstd[i, j]
+                if gated:
+                    for k in range(gs):
+                        sg[k] = one / (one + _exp2(-zg[k] * log2e))
+                        g[k] = xg[k] * zg[k] * sg[k]
+                else:
+                    for k in range(gs):
+                        g[k] = xg[k]
                 dot = x.dtype.type(0)  # dg_hat . g
                 for k in range(gs):
-                    if gated:
-                        zk = z[i, o + k]
-                        sg[k] = one / (one + _exp2(-zk * log2e))
-                        g[k] = x[i, o + k] * zk * sg[k]
-                    else:
-                        g[k] = x[i, o + k]
-                    dyk = dy[i, o + k]
-                    dot += dyk * w[o + k] * g[k]
-                    dw[o + k] += dyk * g[k] * r
+                    dot += dyg[k] * wg[k] * g[k]
+                    dw[k] += dyg[k] * g[k] * r
                 c = r * r * r * dot * inv_gs
-                for k in range(gs):
-                    dg = r * dy[i, o + k] * w[o + k] - c * g[k]  # dL/dg
-                    if gated:
-                        zk = z[i, o + k]
+                dxg = dx[i, o : o + gs]
+                if gated:
+                    dzg = dz[i, o : o + gs]
+                    for k in range(gs):
+                        dg = r * dyg[k] * wg[k] - c * g[k]  # dL/dg
+                        zk = zg[k]
                         sk = sg[k]
-                        dx[i, o + k] = dg * zk * sk
-                        dz[i, o + k] = dg * x[i, o + k] * sk * (one + zk * (one - sk))
-                    else:
-                        dx[i, o + k] = dg
+                        dxg[k] = dg * zk * sk
+                        dzg[k] = dg * xg[k] * sk * (one + zk * (one - sk))
+                else:
+                    for k in range(gs):
+                        dxg[k] = r * dyg[k] * wg[k] - c * g[k]
 
 
 if njit is not None:

@@ -6,27 +6,35 @@ the chunked algorithm at any chunk size (its intra-chunk products grow with the 
 state products cost the same 2 p n), and no (t, t) decay matrices. A head's state is a (p, n)
 array (32 KiB for p = 64, n = 128 in float32, in the L1/L2 cache); the inner loops run over
 n with B_t and C_t as the other operand, so they vectorise, and the sums over n (y, dL/dx)
-stay in registers. Rows of the state go ``ROWS`` at a time: B_t, C_t and the n-long
-gradient sums are loaded and stored once per block of rows instead of once per row (the
-loops were bound by loads and stores, not arithmetic). The helpers (vectorisable 2^x,
-threading layer, launch lock, warm-up) are those of the Mamba kernels,
-:mod:`ssmkit.ops.selective_scan.cpu_numba`.
+stay in registers (the loops: :mod:`.numba_steps`). Rows of the state go ``ROWS`` at a
+time: B_t, C_t and the n-long gradient sums are loaded and stored once per block of rows
+instead of once per row (the loops were bound by loads and stores, not arithmetic). The
+helpers (vectorisable 2^x, threading layer, launch lock, warm-up) are those of the Mamba
+kernels, :mod:`ssmkit.ops.selective_scan.cpu_numba`.
+
+Steps go two per sweep over the state (rows two at a time then, so that the accumulators
+and the broadcast scalars of both steps stay in registers): the state is loaded and stored
+once per two steps, and an odd last step takes the one-step loops (rows ``ROWS`` at a time).
 
 Forward: each (batch, head) pair walks the sequence once, writing y + D x (the skip inside
 the kernel: no (b, l, h, p) temporaries); nothing else is stored. Backward, two passes per
 head, no stored states. Only dC needs the states (dC_t = h_t^T dy_t): the first pass walks
-forward from h0 recomputing them and sums dC, and per step dy_t . (h_t C_t) = C_t . dC_t of
-this head. The second walks back carrying G = dL/dh (G_{t-1} = a_t (G_t + dy_t C_t^T)),
-which gives dx, dB, dD and, with no state, the decay's gradient: with s_t the running sum of
-log a, u = delta x and du = dL/du, dL/ds_t = dy_t . (h_t C_t) - u_t . du_t (+ dlast . last
-at the end; the SSD paper's row-minus-column identity for d(cumsum)), so
-dL/d(log a_t) = sum over t' >= t of it, one running float64 sum per head. dB and dC are
-summed per block of heads into separate buffers that are then added in a fixed order (the
-gradients are the same bit for bit on every run). Compared with the former chunk-checkpoint
-backward (states every 32 steps, a chunk's states recomputed into a buffer and read back),
-at (b, l, h, p, n) = (4, 1024, 8, 64, 128), float32, 1 thread: forward 38 -> 29 ms, backward
-125 -> 78 ms (CPU time, shared machine). Tiles of 16 rows walked through the whole sequence
-(state in L1) measured slower (33 / 105 ms): B_t, C_t, dB_t, dC_t are then re-read per tile.
+forward from h0 recomputing them and sums dC; dy_t . (h_t C_t), which the decay's gradient
+needs, is dy_t . (y_t - D x_t), read from the saved output. The second walks back carrying
+G = dL/dh (G_{t-1} = a_t (G_t + dy_t C_t^T)), which gives dx, dB, dD and, with no state, the
+decay's gradient: with s_t the running sum of log a, u = delta x and du = dL/du,
+dL/ds_t = dy_t . (h_t C_t) - u_t . du_t (+ dlast . last at the end; the SSD paper's
+row-minus-column identity for d(cumsum)), so dL/d(log a_t) = sum over t' >= t of it, one
+running float64 sum per head. dB and dC are summed per block of heads into separate buffers
+that are then added in a fixed order (the gradients are the same bit for bit on every run).
+At (b, l, h, p, n) = (4, 1024, 8, 64, 128), float32, 1 thread, CPU time on a shared machine:
+the former chunk-checkpoint backward (states every 32 steps, a chunk's states recomputed
+into a buffer and read back) took forward 38 ms, backward 125 ms; one step per sweep with
+no stored states 28 / 74 ms; two steps per sweep 25 / 65 ms. Tiles of 16 rows walked
+through the whole sequence (state in L1) measured slower (33 / 105 ms): B_t, C_t, dB_t,
+dC_t are then re-read per tile. Storing the state entering every 64-step chunk and taking dC
+from batched matmuls (the chunked algorithm's backward products) instead of the first pass
+measured no faster (74 ms): the matmuls cost what the pass did.
 """
 
 from __future__ import annotations
@@ -36,9 +44,16 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ssmkit.ops.selective_scan import cpu_numba as mamba_kernels
+from ssmkit.ops.ssd.numba_steps import (
+    _back_one,
+    _back_two,
+    _dstate_one,
+    _dstate_two,
+    _fwd_one,
+    _fwd_two,
+)
 
 try:
-    import numba
     from numba import njit, prange
 
     from ssmkit.ops.selective_scan.cpu_numba import _exp2
@@ -46,7 +61,6 @@ except ImportError:  # the backend is optional (extra "fast")
     njit = None
 
 Tensor = torch.Tensor
-ROWS = 4  # rows of a head's state per inner loop (4 keeps AVX2's 16 registers busy, no spills)
 LOG2E = mamba_kernels.LOG2E
 DTYPES = (torch.float32, torch.float64)
 
@@ -55,73 +69,36 @@ def available() -> bool:
     return njit is not None
 
 
-def _fwd(x, delta, At, B, C, Dp, h0, keep, y, hlast):
-    Bsz, L, H, P = x.shape
-    G, N = B.shape[2], B.shape[3]
-    zero = x.dtype.type(0)
+def _fwd(x, delta, At, B, C, Dp, h0, keep, y, hlast):  # pragma: no cover - compiled
+    Bsz, L, H = x.shape[:3]
+    G = B.shape[2]
     for q in prange(Bsz * H):
         b = q // H
         hd = q % H
         g = hd // (H // G)
         at = At[hd]
+        Dh = Dp[hd]
         S = h0[b, hd].copy()
-        for t in range(L):
+        t = 0
+        while t + 1 < L:  # steps in pairs
+            d1 = delta[b, t, hd]
+            d2 = delta[b, t + 1, hd]
+            a1 = keep[b, t] * _exp2(d1 * at)
+            a2 = keep[b, t + 1] * _exp2(d2 * at)
+            _fwd_two(
+                S, a1, d1, B[b, t, g], C[b, t, g], x[b, t, hd], y[b, t, hd],
+                a2, d2, B[b, t + 1, g], C[b, t + 1, g], x[b, t + 1, hd], y[b, t + 1, hd], Dh,
+            )  # fmt: skip
+            t += 2
+        if t < L:
             dl = delta[b, t, hd]
             a = keep[b, t] * _exp2(dl * at)
-            Bt = B[b, t, g]
-            Ct = C[b, t, g]
-            xt = x[b, t, hd]
-            yt = y[b, t, hd]
-            Dh = Dp[hd]
-            i = 0
-            while i + ROWS <= P:
-                u0 = xt[i] * dl
-                u1 = xt[i + 1] * dl
-                u2 = xt[i + 2] * dl
-                u3 = xt[i + 3] * dl
-                S0 = S[i]
-                S1 = S[i + 1]
-                S2 = S[i + 2]
-                S3 = S[i + 3]
-                c0 = zero
-                c1 = zero
-                c2 = zero
-                c3 = zero
-                for k in range(N):
-                    bk = Bt[k]
-                    ck = Ct[k]
-                    v0 = a * S0[k] + u0 * bk
-                    v1 = a * S1[k] + u1 * bk
-                    v2 = a * S2[k] + u2 * bk
-                    v3 = a * S3[k] + u3 * bk
-                    S0[k] = v0
-                    S1[k] = v1
-                    S2[k] = v2
-                    S3[k] = v3
-                    c0 += ck * v0
-                    c1 += ck * v1
-                    c2 += ck * v2
-                    c3 += ck * v3
-                yt[i] = c0 + Dh[i] * xt[i]  # the skip D x
-                yt[i + 1] = c1 + Dh[i + 1] * xt[i + 1]
-                yt[i + 2] = c2 + Dh[i + 2] * xt[i + 2]
-                yt[i + 3] = c3 + Dh[i + 3] * xt[i + 3]
-                i += ROWS
-            while i < P:
-                u = xt[i] * dl
-                Si = S[i]
-                acc = zero
-                for k in range(N):
-                    v = a * Si[k] + u * Bt[k]
-                    Si[k] = v
-                    acc += Ct[k] * v
-                yt[i] = acc + Dh[i] * xt[i]
-                i += 1
+            _fwd_one(S, a, dl, B[b, t, g], C[b, t, g], x[b, t, hd], y[b, t, hd], Dh)
         hlast[b, hd] = S
 
 
 def _bwd(
-    x, delta, A, At, B, C, Dp, keep, bounds, h0, hlast, dy, dhlast, dx, ddelta, dA_bh, dD_bh,
+    x, delta, A, At, B, C, Dp, keep, bounds, h0, hlast, y, dy, dhlast, dx, ddelta, dA_bh, dD_bh,
     dB_blk, dC_blk, dh0,
 ):  # pragma: no cover - compiled  # fmt: skip
     Bsz, L, H, P = x.shape
@@ -131,62 +108,28 @@ def _bwd(
     for q in prange(Bsz * NB):
         b = q // NB
         blk = q % NB
-        ydy = np.empty(L, dtype=x.dtype)  # dy_t . (y_t - D x_t), the SSM part of y
         for hd in range(bounds[blk], bounds[blk + 1]):
             g = hd // (H // G)
             at = At[hd]
             Dh = Dp[hd]
-            # pass 1, forward in time: the states again, for dC_t = h_t^T dy_t (and
-            # dy_t . y_t = C_t . (h_t^T dy_t) of this head, one more product per n entries)
+            # pass 1, forward in time: the states again, for dC_t = h_t^T dy_t
             S = h0[b, hd].copy()  # (p, n)
-            for t in range(L):
+            t = 0
+            while t + 1 < L:
+                d1 = delta[b, t, hd]
+                d2 = delta[b, t + 1, hd]
+                a1 = keep[b, t] * _exp2(d1 * at)
+                a2 = keep[b, t + 1] * _exp2(d2 * at)
+                _dstate_two(
+                    S, a1, d1, B[b, t, g], x[b, t, hd], dy[b, t, hd], dC_blk[blk, b, t, g],
+                    a2, d2, B[b, t + 1, g], x[b, t + 1, hd], dy[b, t + 1, hd],
+                    dC_blk[blk, b, t + 1, g],
+                )  # fmt: skip
+                t += 2
+            if t < L:
                 dl = delta[b, t, hd]
                 a = keep[b, t] * _exp2(dl * at)
-                Bt = B[b, t, g]
-                Ct = C[b, t, g]
-                dCt = dC_blk[blk, b, t, g]
-                xt = x[b, t, hd]
-                dyt = dy[b, t, hd]
-                yy = zero
-                i = 0
-                while i + ROWS <= P:
-                    u0 = xt[i] * dl
-                    u1 = xt[i + 1] * dl
-                    u2 = xt[i + 2] * dl
-                    u3 = xt[i + 3] * dl
-                    e0 = dyt[i]
-                    e1 = dyt[i + 1]
-                    e2 = dyt[i + 2]
-                    e3 = dyt[i + 3]
-                    S0 = S[i]
-                    S1 = S[i + 1]
-                    S2 = S[i + 2]
-                    S3 = S[i + 3]
-                    for k in range(N):
-                        bk = Bt[k]
-                        v0 = a * S0[k] + u0 * bk
-                        v1 = a * S1[k] + u1 * bk
-                        v2 = a * S2[k] + u2 * bk
-                        v3 = a * S3[k] + u3 * bk
-                        S0[k] = v0
-                        S1[k] = v1
-                        S2[k] = v2
-                        S3[k] = v3
-                        dc = e0 * v0 + e1 * v1 + e2 * v2 + e3 * v3
-                        dCt[k] += dc
-                        yy += dc * Ct[k]
-                    i += ROWS
-                while i < P:
-                    u = xt[i] * dl
-                    e = dyt[i]
-                    Si = S[i]
-                    for k in range(N):
-                        v = a * Si[k] + u * Bt[k]
-                        Si[k] = v
-                        dCt[k] += e * v
-                        yy += e * v * Ct[k]
-                    i += 1
-                ydy[t] = yy
+                _dstate_one(S, a, dl, B[b, t, g], x[b, t, hd], dy[b, t, hd], dC_blk[blk, b, t, g])
             # pass 2, backward in time: G = dL/dh carried back gives dx, dB and, with no
             # state, the decay's gradient
             Gr = dhlast[b, hd].copy()  # (p, n)
@@ -196,74 +139,42 @@ def _bwd(
             for i in range(P):
                 for k in range(N):
                     dlog_a += Gr[i, k] * hlast[b, hd, i, k]
-            for t in range(L - 1, -1, -1):
+            t = L - 1
+            while t >= 0:
+                two = t >= 1
                 dl = delta[b, t, hd]
                 a = keep[b, t] * _exp2(dl * at)
-                Bt = B[b, t, g]
-                Ct = C[b, t, g]
-                dBt = dB_blk[blk, b, t, g]
-                xt = x[b, t, hd]
-                dyt = dy[b, t, hd]
-                dxt = dx[b, t, hd]
                 dxu = zero  # u_t . du_t / delta_t
-                i = 0
-                while i + ROWS <= P:
-                    e0 = dyt[i]
-                    e1 = dyt[i + 1]
-                    e2 = dyt[i + 2]
-                    e3 = dyt[i + 3]
-                    u0 = xt[i] * dl
-                    u1 = xt[i + 1] * dl
-                    u2 = xt[i + 2] * dl
-                    u3 = xt[i + 3] * dl
-                    G0 = Gr[i]
-                    G1 = Gr[i + 1]
-                    G2 = Gr[i + 2]
-                    G3 = Gr[i + 3]
-                    r0 = zero  # dL/du of the four rows
-                    r1 = zero
-                    r2 = zero
-                    r3 = zero
-                    for k in range(N):
-                        bk = Bt[k]
-                        ck = Ct[k]
-                        g0 = G0[k] + e0 * ck  # dL/dh_t
-                        g1 = G1[k] + e1 * ck
-                        g2 = G2[k] + e2 * ck
-                        g3 = G3[k] + e3 * ck
-                        r0 += g0 * bk
-                        r1 += g1 * bk
-                        r2 += g2 * bk
-                        r3 += g3 * bk
-                        dBt[k] += g0 * u0 + g1 * u1 + g2 * u2 + g3 * u3
-                        G0[k] = g0 * a
-                        G1[k] = g1 * a
-                        G2[k] = g2 * a
-                        G3[k] = g3 * a
-                    dxt[i] = r0 * dl + Dh[i] * e0
-                    dxt[i + 1] = r1 * dl + Dh[i + 1] * e1
-                    dxt[i + 2] = r2 * dl + Dh[i + 2] * e2
-                    dxt[i + 3] = r3 * dl + Dh[i + 3] * e3
-                    dxu += r0 * xt[i] + r1 * xt[i + 1] + r2 * xt[i + 2] + r3 * xt[i + 3]
-                    i += ROWS
-                while i < P:
-                    e = dyt[i]
-                    u = xt[i] * dl
-                    Gi = Gr[i]
-                    r = zero
-                    for k in range(N):
-                        gk = Gi[k] + e * Ct[k]
-                        r += gk * Bt[k]
-                        dBt[k] += gk * u
-                        Gi[k] = gk * a
-                    dxt[i] = r * dl + Dh[i] * e
-                    dxu += r * xt[i]
-                    i += 1
-                for i in range(P):
-                    dDh[i] += dyt[i] * xt[i]
-                dlog_a += ydy[t] - dl * dxu
-                ddelta[b, t, hd] = dlog_a * A[hd] + dxu
-                dA_acc += dlog_a * dl
+                dxu1 = zero  # the same for step t - 1
+                d1 = dl
+                if two:
+                    d1 = delta[b, t - 1, hd]
+                    a1 = keep[b, t - 1] * _exp2(d1 * at)
+                    dxu, dxu1 = _back_two(
+                        Gr, a, dl, B[b, t, g], C[b, t, g], dB_blk[blk, b, t, g], x[b, t, hd],
+                        dy[b, t, hd], dx[b, t, hd], a1, d1, B[b, t - 1, g], C[b, t - 1, g],
+                        dB_blk[blk, b, t - 1, g], x[b, t - 1, hd], dy[b, t - 1, hd],
+                        dx[b, t - 1, hd], Dh,
+                    )  # fmt: skip
+                else:
+                    dxu = _back_one(
+                        Gr, a, dl, B[b, t, g], C[b, t, g], dB_blk[blk, b, t, g], x[b, t, hd],
+                        dy[b, t, hd], dx[b, t, hd], Dh,
+                    )  # fmt: skip
+                for s in range(t, t - 2 if two else t - 1, -1):  # the scalars, t first
+                    ds = dl if s == t else d1
+                    dyt = dy[b, s, hd]
+                    xt = x[b, s, hd]
+                    yt = y[b, s, hd]
+                    ydy = zero  # dy_s . (y_s - D x_s): the SSM part of y, from the output
+                    for i in range(P):
+                        dDh[i] += dyt[i] * xt[i]
+                        ydy += dyt[i] * (yt[i] - Dh[i] * xt[i])
+                    du = dxu if s == t else dxu1
+                    dlog_a += ydy - ds * du
+                    ddelta[b, s, hd] = dlog_a * A[hd] + du
+                    dA_acc += dlog_a * ds
+                t -= 2 if two else 1
             dh0[b, hd] = Gr
             dA_bh[b, hd] = dA_acc
             dD_bh[b, hd] = dDh
@@ -301,9 +212,9 @@ def fused_forward(x, delta, A, B, C, Dp, h0, keep):
     return torch.from_numpy(y), torch.from_numpy(hlast)
 
 
-def fused_backward(x, delta, A, B, C, Dp, h0, keep, last, dy, dlast):
-    """Launch the backward kernel: dx, ddelta, dA, dB, dC, dD (h, p) and dh0, in the shapes
-    of x, delta, A, B, C, Dp and h0 (b, h, p, n)."""
+def fused_backward(x, delta, A, B, C, Dp, h0, keep, last, y, dy, dlast):
+    """Launch the backward kernel (y: the forward's output, D x included): dx, ddelta, dA,
+    dB, dC, dD (h, p) and dh0, in the shapes of x, delta, A, B, C, Dp and h0 (b, h, p, n)."""
     b, L, h, p = x.shape
     dtype = _np(x).dtype
     blocks = min(h, mamba_kernels._threads() * mamba_kernels.BLOCKS_PER_THREAD)
@@ -319,8 +230,8 @@ def fused_backward(x, delta, A, B, C, Dp, h0, keep, last, dy, dlast):
     with mamba_kernels._LAUNCH:
         _bwd(
             _np(x), _np(delta), _np(A), At, _np(B), _np(C), _np(Dp), _np(keep), bounds,
-            _np(h0), _np(last), _np(dy), _np(dlast), dx, ddelta, dA_bh, dD_bh, dB_blk, dC_blk,
-            dh0,
+            _np(h0), _np(last), _np(y), _np(dy), _np(dlast), dx, ddelta, dA_bh, dD_bh, dB_blk,
+            dC_blk, dh0,
         )  # fmt: skip
     t = torch.from_numpy
     sums = (t(a).sum(0) for a in (dA_bh, dB_blk, dC_blk, dD_bh))
@@ -335,15 +246,15 @@ class _SSDNumba(torch.autograd.Function):
         # backward reuses these copies instead of making them again
         x, delta, B, C, Dp, h0, keep = (t.contiguous() for t in (x, delta, B, C, Dp, h0, keep))
         y, last = fused_forward(x, delta, A, B, C, Dp, h0, keep)
-        ctx.save_for_backward(x, delta, A, B, C, Dp, h0, keep, last)
+        ctx.save_for_backward(x, delta, A, B, C, Dp, h0, keep, last, y)
         return y, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dlast):
-        x, delta, A, B, C, Dp, h0, keep, last = ctx.saved_tensors
+        x, delta, A, B, C, Dp, h0, keep, last, y = ctx.saved_tensors
         dx, ddelta, dA, dB, dC, dD, dh0 = fused_backward(
-            x, delta, A, B, C, Dp, h0, keep, last, dy.contiguous(), dlast.contiguous()
+            x, delta, A, B, C, Dp, h0, keep, last, y, dy.contiguous(), dlast.contiguous()
         )
         return dx, ddelta, dA, dB, dC, dD, dh0, None
 
@@ -381,10 +292,7 @@ def ssd_numba(
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
-    if njit is None:
-        return False
-    want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
-    return all(any(sig[0].dtype == want for sig in k.signatures) for k in (_fwd, _bwd))
+    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _bwd))
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:

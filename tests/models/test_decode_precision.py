@@ -33,10 +33,14 @@ def test_int8_quantisation_error_is_at_most_half_a_step_per_entry():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_int8_linear_packed_kernel_equals_dequantised_form(bias):
-    lin = nn.Linear(40, 24, bias=bias)
-    x = torch.randn(3, 40)
+@pytest.mark.parametrize("k", [40, 64])
+def test_int8_linear_packed_kernel_equals_dequantised_form(bias, k):
+    """k = 64 takes the packed kernel; k = 40 (not a multiple of 16, where the kernel is
+    wrong on AVX-512 CPUs) the dequantised form."""
+    lin = nn.Linear(k, 24, bias=bias)
+    x = torch.randn(3, k)
     packed, plain = Int8Linear(lin.weight, lin.bias), Int8Linear(lin.weight, lin.bias, False)
+    assert packed.packed == (k % 16 == 0 and hasattr(torch, "_weight_int8pack_mm"))
     ref = plain(x)  # float32 activations and dequantised weights
     torch.testing.assert_close(ref, x @ plain.dequantized().T + (lin.bias if bias else 0))
     # the packed kernel rounds activations and scales to bfloat16: a few bf16 ulps

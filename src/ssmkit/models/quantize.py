@@ -30,16 +30,23 @@ def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q, scale
 
 
-def _int8pack_available() -> bool:
-    return hasattr(torch, "_weight_int8pack_mm")
+# torch._weight_int8pack_mm (torch 2.13, AVX-512 CPU) returns garbage or crashes the process
+# when the input width k is not a multiple of 16 (seen at k = 8, 24, 40, 56; k = 16 .. 256
+# in steps of 16 agree with the dequantised product)
+INT8PACK_K_MULTIPLE = 16
+
+
+def _int8pack_available(k: int) -> bool:
+    return hasattr(torch, "_weight_int8pack_mm") and k % INT8PACK_K_MULTIPLE == 0
 
 
 class Int8Linear(nn.Module):
     """y = x (scale * Q)^T + bias with int8 weights Q (n, k) and float32 scales (n,).
 
     On CPU it calls ``torch._weight_int8pack_mm`` (bfloat16 activations: the kernel's fast
-    form); elsewhere, or with ``packed=False``, it dequantises the weight per call (that saves
-    memory, not time).
+    form) when k is a multiple of 16 (the kernel is wrong otherwise, see
+    ``INT8PACK_K_MULTIPLE``); elsewhere, or with ``packed=False``, it dequantises the weight
+    per call (that saves memory, not time).
 
     Args:
         weight: (n, k) float weight to quantise. bias: (n,) or None (kept float32).
@@ -54,7 +61,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)  # (n, k) int8
         self.register_buffer("scale", scale)  # (n,) float32
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        self.packed = packed and _int8pack_available()
+        self.packed = packed and _int8pack_available(weight.shape[1])
 
     def dequantized(self) -> Tensor:
         """scale[:, None] * Q: the float32 weight (n, k) this layer multiplies by."""

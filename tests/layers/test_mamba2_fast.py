@@ -40,6 +40,26 @@ def test_numba_norm_matches_ref_outputs_and_all_gradients(L, d, group_size, gate
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("gated", [True, False])
+def test_numba_norm_serial_and_parallel_forwards_and_the_no_grad_path(gated):
+    """Below ``SERIAL_MAX`` entries the forward runs serially, above it in parallel: both
+    against the reference (outputs and gradients), and without autograd the same bits."""
+    for L in (gated_norm.SERIAL_MAX // 24 - 1, gated_norm.SERIAL_MAX // 24 + 7):
+        x, w = randn(2, L, 12, seed=L), randn(12, seed=1)
+        inputs = [x, w] + ([randn(2, L, 12, seed=2) * 3] if gated else [])
+        inputs = [t.requires_grad_(True) for t in inputs]
+        got = norm_fn("numba", 1e-5, 4, gated)(*inputs)
+        assert_close(got, norm_fn("ref", 1e-5, 4, gated)(*inputs))
+        with torch.no_grad():
+            assert torch.equal(norm_fn("numba", 1e-5, 4, gated)(*inputs), got)
+        for a, b in zip(
+            grads(norm_fn("numba", 1e-5, 4, gated), inputs),
+            grads(norm_fn("ref", 1e-5, 4, gated), inputs),
+            strict=True,
+        ):
+            assert_close(a, b)
+
+
 def test_numba_norm_float32_and_strided_gate():
     """float32, z a strided view of a wider projection (as Mamba2's in_proj split gives)."""
     proj = randn(3, 20, 40, dtype=torch.float32, seed=3).requires_grad_(True)

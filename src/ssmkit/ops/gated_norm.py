@@ -135,7 +135,13 @@ def _bwd(x, z, w, rstd, gs, gated, bounds, dy, dx, dz, dw_blk):  # pragma: no co
                         dxg[k] = r * dyg[k] * wg[k] - c * g[k]
 
 
+# below this many entries the forward runs on the calling thread: launching the parallel
+# kernel costs about 0.1 ms (numba's workqueue layer), 300x the work of one 768-wide row,
+# and decoding normalises one row per layer and token
+SERIAL_MAX = 1 << 16
+
 if njit is not None:
+    _fwd_serial = njit(fastmath=True, cache=True)(_fwd)  # prange runs as range
     _fwd = njit(parallel=True, fastmath=True, cache=True)(_fwd)
     _bwd = njit(parallel=True, fastmath=True, cache=True)(_bwd)
 
@@ -144,21 +150,30 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _forward(x: Tensor, z: Tensor | None, weight: Tensor, eps: float, group_size: int):
+    """Launch the forward kernel on x, z (r, d) contiguous and weight (d,): y (r, d) and
+    rstd (r, d / group_size); serial below ``SERIAL_MAX`` entries."""
+    gated = z is not None
+    y = np.empty(x.shape, _np(x).dtype)
+    rstd = np.empty((x.shape[0], x.shape[1] // group_size), y.dtype)
+    args = (_np(x), _np(z if gated else x), _np(weight), eps, group_size, gated, y, rstd)
+    if x.numel() < SERIAL_MAX:
+        _fwd_serial(*args)
+    else:
+        mamba_kernels._threads()
+        with mamba_kernels._LAUNCH:
+            _fwd(*args)
+    return torch.from_numpy(y), torch.from_numpy(rstd)
+
+
 class _GatedRMSNormNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, z, weight, eps, group_size):
         # x, z (r, d) contiguous; weight (d,)
-        mamba_kernels._threads()
-        gated = z is not None
-        zz = z if gated else x
-        y = np.empty(x.shape, _np(x).dtype)
-        rstd = np.empty((x.shape[0], x.shape[1] // group_size), y.dtype)
-        with mamba_kernels._LAUNCH:
-            _fwd(_np(x), _np(zz), _np(weight), eps, group_size, gated, y, rstd)
-        rstd = torch.from_numpy(rstd)
-        ctx.save_for_backward(x, zz, weight, rstd)
-        ctx.gated, ctx.group_size = gated, group_size
-        return torch.from_numpy(y)
+        y, rstd = _forward(x, z, weight, eps, group_size)
+        ctx.save_for_backward(x, x if z is None else z, weight, rstd)
+        ctx.gated, ctx.group_size = z is not None, group_size
+        return y
 
     @staticmethod
     @once_differentiable
@@ -214,7 +229,10 @@ def gated_rms_norm(
         return gated_rms_norm_ref(x, z, weight, eps, group_size)
     rows = x.reshape(-1, d).contiguous()  # (r, d)
     zr = None if z is None else z.reshape(-1, d).contiguous()
-    y = _GatedRMSNormNumba.apply(rows, zr, weight, float(eps), group_size)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, z, weight)):
+        y = _GatedRMSNormNumba.apply(rows, zr, weight, float(eps), group_size)
+    else:  # no graph to record (decoding): the kernel without the autograd Function
+        y = _forward(rows, zr, weight, float(eps), group_size)[0]
     return y.view(x.shape)
 
 
@@ -229,7 +247,7 @@ def _fits(x: Tensor, z: Tensor | None, weight: Tensor) -> bool:
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
-    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _bwd))
+    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _fwd_serial, _bwd))
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
@@ -245,4 +263,7 @@ def _tiny_run(dtype: torch.dtype) -> None:
         x = torch.ones(1, 2, dtype=dtype, requires_grad=True)
         z = torch.ones(1, 2, dtype=dtype) if gated else None
         w = torch.ones(2, dtype=dtype)
+        gated_rms_norm(x, z, w, 1e-5, 2, backend="numba").sum().backward()  # serial forward
+        x = torch.ones(SERIAL_MAX // 2, 2, dtype=dtype, requires_grad=True)  # parallel forward
+        z = torch.ones(SERIAL_MAX // 2, 2, dtype=dtype) if gated else None
         gated_rms_norm(x, z, w, 1e-5, 2, backend="numba").sum().backward()

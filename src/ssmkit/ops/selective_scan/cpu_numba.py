@@ -330,8 +330,17 @@ def compiled_for(dtype: torch.dtype, kernels: tuple[object, ...]) -> bool:
     argument is an array of ``dtype`` (the ``ready`` check of each kernel module)."""
     if numba is None:
         return False
+    key = (dtype, *map(id, kernels))
+    if key in _COMPILED:  # a compiled signature stays: decoding asks per layer and token
+        return True
     want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
-    return all(any(sig[0].dtype == want for sig in k.signatures) for k in kernels)
+    if all(any(sig[0].dtype == want for sig in k.signatures) for k in kernels):
+        _COMPILED.add(key)
+        return True
+    return False
+
+
+_COMPILED: set[tuple] = set()  # the positive answers of compiled_for
 
 
 NOTE_AFTER_S = 1.0  # a compile takes longer (and is noted); a load from the disk cache not

@@ -58,6 +58,9 @@ def test_numba_norm_serial_and_parallel_forwards_and_the_no_grad_path(gated):
             strict=True,
         ):
             assert_close(a, b)
+    # a zero row with eps = 0 divides by zero: NaN as in the reference, not an exception
+    y = gated_rms_norm(torch.zeros(1, 12), None, torch.ones(12), 0.0, 4, "numba")
+    assert torch.isnan(y).all()
 
 
 def test_numba_norm_float32_and_strided_gate():

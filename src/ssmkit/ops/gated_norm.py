@@ -141,7 +141,8 @@ def _bwd(x, z, w, rstd, gs, gated, bounds, dy, dx, dz, dw_blk):  # pragma: no co
 SERIAL_MAX = 1 << 16
 
 if njit is not None:
-    _fwd_serial = njit(fastmath=True, cache=True)(_fwd)  # prange runs as range
+    # prange runs as range; division by zero gives inf as in the parallel kernel, not an error
+    _fwd_serial = njit(fastmath=True, cache=True, error_model="numpy")(_fwd)
     _fwd = njit(parallel=True, fastmath=True, cache=True)(_fwd)
     _bwd = njit(parallel=True, fastmath=True, cache=True)(_bwd)
 

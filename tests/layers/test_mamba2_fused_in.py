@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from ssmkit.layers import mamba2_input
 from ssmkit.layers.mamba2 import Mamba2
+from ssmkit.layers.mamba2_input import Mamba2Sizes
 from ssmkit.layers.warm_up import warm_up_for
-from ssmkit.ops import mamba2_input
-from ssmkit.ops.mamba2_input import Mamba2Sizes
 from ssmkit.testing import assert_close, grads, randn
 
 pytestmark = pytest.mark.skipif(not mamba2_input.available(), reason="numba is not installed")

@@ -24,6 +24,7 @@ from ssmkit.core.dtypes import full_precision
 from ssmkit.core.init import dt_bias_init
 from ssmkit.core.params import ssm_parameter
 from ssmkit.core.step_size import check_limit, step_size
+from ssmkit.layers import mamba2_input
 from ssmkit.layers.base import (
     SequenceLayer,
     apply_factory,
@@ -37,7 +38,7 @@ from ssmkit.layers.base import (
 )
 from ssmkit.layers.conv1d import CausalConv1d, last_inputs
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.ops import mamba2_input, ssd
+from ssmkit.ops import ssd
 from ssmkit.ops.ssd.ref import ssd_ref
 
 Tensor = torch.Tensor
@@ -67,7 +68,7 @@ class Mamba2(SequenceLayer):
         backend: ssd backend ("auto", "ref", "chunked", "numba", "triton").
         input_backend: the path from in_proj's output to (z, x, B, C, dt_raw) in ``forward``:
             "ref" (split, :class:`CausalConv1d`, SiLU, split), "numba" (one fused kernel each
-            way, :func:`ssmkit.ops.mamba2_input.mamba2_input`) or "auto" (numba on CPU
+            way, :func:`ssmkit.layers.mamba2_input.mamba2_input`) or "auto" (numba on CPU
             float32/float64 once compiled, when ``backend`` is "auto" or "numba"; packed
             sequences (``cu_seqlens``) always take "ref").
         device, dtype: factory arguments, as in ``torch.nn.Linear``: where the parameters

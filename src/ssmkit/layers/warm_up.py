@@ -10,10 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssmkit.layers import mamba2_input
 from ssmkit.layers.mamba import Mamba
 from ssmkit.layers.mamba2 import Mamba2
 from ssmkit.layers.norms import RMSNorm
-from ssmkit.ops import gated_norm, mamba2_input
+from ssmkit.ops import gated_norm
 from ssmkit.ops.selective_scan import cpu_numba as scan_numba
 from ssmkit.ops.ssd import cpu_numba as ssd_numba
 

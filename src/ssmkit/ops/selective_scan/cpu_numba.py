@@ -18,6 +18,7 @@ same bit for bit on every run.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -385,11 +386,30 @@ def compile_once(key: object, run: Callable[[], None], wait: bool) -> None:
     with _WARM_LOCK:
         thread = _WARMING.get(key)
         if thread is None:
+            if not _WARMING:
+                atexit.register(finish_compiles)
             thread = threading.Thread(target=_compile, args=(run,), daemon=True)
             _WARMING[key] = thread
             thread.start()
     if wait:
         thread.join()
+
+
+def finish_compiles() -> None:
+    """Wait for the background compiles still running (registered with ``atexit``): a
+    daemon thread stopped inside LLVM at interpreter exit aborts the process ("terminate
+    called without an active exception"), so a short first script in a fresh environment
+    waits for the kernels instead (once: they are cached on disk for the next run)."""
+    pending = [t for t in list(_WARMING.values()) if t.is_alive()]
+    if pending:
+        print(
+            "ssmkit: finishing the CPU kernels' compilation before exit (once; they are "
+            "cached on disk for the next run)",
+            file=sys.stderr,
+            flush=True,
+        )
+    for t in pending:
+        t.join()
 
 
 def _compile(run: Callable[[], None]) -> None:

@@ -158,16 +158,16 @@ def test_train_help_shows_what_plain_train_uses(capsys):
 
 
 def test_compile_note_once_and_only_for_slow_compiles(monkeypatch, capfd):
-    from ssmkit.ops.selective_scan import cpu_numba
+    from ssmkit.ops import numba_compile
 
-    monkeypatch.setattr(cpu_numba, "_NOTED", [])
-    monkeypatch.setattr(cpu_numba, "NOTE_AFTER_S", 5.0)
-    with cpu_numba.compiling_note():
+    monkeypatch.setattr(numba_compile, "_NOTED", [])
+    monkeypatch.setattr(numba_compile, "NOTE_AFTER_S", 5.0)
+    with numba_compile.compiling_note():
         pass  # a load from the disk cache: quick, no note
     assert capfd.readouterr().err == ""
-    monkeypatch.setattr(cpu_numba, "NOTE_AFTER_S", 0.01)
+    monkeypatch.setattr(numba_compile, "NOTE_AFTER_S", 0.01)
     for _ in range(2):
-        with cpu_numba.compiling_note():
+        with numba_compile.compiling_note():
             time.sleep(0.3)
     err = capfd.readouterr().err
     assert (
@@ -178,15 +178,16 @@ def test_compile_note_once_and_only_for_slow_compiles(monkeypatch, capfd):
 def test_warm_up_and_lti_kernels_show_the_note(monkeypatch, capfd):
     from numba.core import types
 
+    from ssmkit.ops import numba_compile
     from ssmkit.ops.lti_scan import cpu_numba as lti
     from ssmkit.ops.selective_scan import cpu_numba as sel
 
-    monkeypatch.setattr(sel, "NOTE_AFTER_S", 0.01)
+    monkeypatch.setattr(numba_compile, "NOTE_AFTER_S", 0.01)
     # warm_up (what training waits for): the compile runs under the note
-    monkeypatch.setattr(sel, "_NOTED", [])
+    monkeypatch.setattr(numba_compile, "_NOTED", [])
     monkeypatch.setattr(sel, "ready", lambda dtype: False)
     monkeypatch.setattr(sel, "_tiny_run", lambda dtype: time.sleep(0.3))
-    monkeypatch.setattr(sel, "_WARMING", {})
+    monkeypatch.setattr(numba_compile, "_WARMING", {})
     sel.warm_up(torch.float16, wait=True)
     assert "compiling the CPU kernels, once" in capfd.readouterr().err
 
@@ -199,7 +200,7 @@ def test_warm_up_and_lti_kernels_show_the_note(monkeypatch, capfd):
             time.sleep(0.3)
 
     x = np.zeros(3, dtype=np.float32)
-    monkeypatch.setattr(sel, "_NOTED", [])
+    monkeypatch.setattr(numba_compile, "_NOTED", [])
     compiled = Kernel([(types.Array(types.float32, 1, "C"),)])
     lti._call(compiled, x)
     assert capfd.readouterr().err == "" and compiled.calls == 1

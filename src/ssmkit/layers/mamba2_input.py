@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ssmkit.layers.conv1d import causal_conv1d_ref
+from ssmkit.ops import numba_compile
 from ssmkit.ops.selective_scan import cpu_numba as mamba_kernels
 
 try:
@@ -346,7 +347,7 @@ def _fits(*tensors: Tensor | None) -> bool:
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
-    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _bwd))
+    return njit is not None and numba_compile.compiled_for(dtype, (_fwd, _bwd))
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
@@ -354,7 +355,7 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     a background thread."""
     if njit is None or ready(dtype):
         return
-    mamba_kernels.compile_once(("mamba2_input", dtype), lambda: _tiny_run(dtype), wait)
+    numba_compile.compile_once(("mamba2_input", dtype), lambda: _tiny_run(dtype), wait)
 
 
 def _tiny_run(dtype: torch.dtype) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from ssmkit.ops.lti_scan import custom_op
 from ssmkit.ops.lti_scan.ref import lti_scan_ref
-from ssmkit.ops.selective_scan.cpu_numba import compiling_note
+from ssmkit.ops.numba_compile import compiling_note
 
 try:
     import numba

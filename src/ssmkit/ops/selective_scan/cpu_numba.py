@@ -18,17 +18,14 @@ same bit for bit on every run.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import math
 import os
-import sys
 import threading
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
+from ssmkit.ops.numba_compile import compile_once, compiled_for
 from ssmkit.ops.selective_scan import custom_op
 
 try:
@@ -313,62 +310,11 @@ def _threads() -> int:
     return n
 
 
-# Cold start: compiling both kernels for one dtype takes tens of seconds (parallel loops);
-# cache=True keeps them on disk afterwards (in __pycache__ next to this file, or numba's
-# user-wide cache directory where that is read-only). ``backend="auto"`` does not wait for
-# it: its first calls run the chunked backend while a thread compiles (or loads) the kernels.
-_WARMING: dict[object, threading.Thread] = {}  # by dtype, or (module, dtype)
-_WARM_LOCK = threading.Lock()
-
-
+# Cold start: see ssmkit.ops.numba_compile (``backend="auto"`` runs the chunked backend
+# while a thread compiles or loads the kernels).
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
     return compiled_for(dtype, (_fwd, _bwd))
-
-
-def compiled_for(dtype: torch.dtype, kernels: tuple[object, ...]) -> bool:
-    """Whether every numba kernel in ``kernels`` has a compiled signature whose first
-    argument is an array of ``dtype`` (the ``ready`` check of each kernel module)."""
-    if numba is None:
-        return False
-    key = (dtype, *map(id, kernels))
-    if key in _COMPILED:  # a compiled signature stays: decoding asks per layer and token
-        return True
-    want = numba.from_dtype(torch.empty(0, dtype=dtype).numpy().dtype)
-    if all(any(sig[0].dtype == want for sig in k.signatures) for k in kernels):
-        _COMPILED.add(key)
-        return True
-    return False
-
-
-_COMPILED: set[tuple] = set()  # the positive answers of compiled_for
-
-
-NOTE_AFTER_S = 1.0  # a compile takes longer (and is noted); a load from the disk cache not
-_NOTED: list[bool] = []  # one note per process, however many kernels compile
-
-
-@contextlib.contextmanager
-def compiling_note() -> Iterator[None]:
-    """Around code that may compile numba kernels: if it runs longer than ``NOTE_AFTER_S``
-    (a compile, not a load from the disk cache), say so in one line on stderr, once per
-    process, while it runs."""
-    timer = threading.Timer(NOTE_AFTER_S, _note)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
-def _note() -> None:
-    with _WARM_LOCK:
-        if _NOTED:
-            return
-        _NOTED.append(True)
-    print("ssmkit: compiling the CPU kernels, once (numba keeps them on disk for later runs)",
-          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
@@ -377,44 +323,6 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     if numba is None or ready(dtype):
         return
     compile_once(dtype, lambda: _tiny_run(dtype), wait)
-
-
-def compile_once(key: object, run: Callable[[], None], wait: bool) -> None:
-    """Run ``run`` (a tiny problem that compiles some kernels) once per ``key``, in a daemon
-    thread under the compiling note; ``wait`` joins it. Every numba kernel module warms up
-    through this one registry of threads."""
-    with _WARM_LOCK:
-        thread = _WARMING.get(key)
-        if thread is None:
-            if not _WARMING:
-                atexit.register(finish_compiles)
-            thread = threading.Thread(target=_compile, args=(run,), daemon=True)
-            _WARMING[key] = thread
-            thread.start()
-    if wait:
-        thread.join()
-
-
-def finish_compiles() -> None:
-    """Wait for the background compiles still running (registered with ``atexit``): a
-    daemon thread stopped inside LLVM at interpreter exit aborts the process ("terminate
-    called without an active exception"), so a short first script in a fresh environment
-    waits for the kernels instead (once: they are cached on disk for the next run)."""
-    pending = [t for t in list(_WARMING.values()) if t.is_alive()]
-    if pending:
-        print(
-            "ssmkit: finishing the CPU kernels' compilation before exit (once; they are "
-            "cached on disk for the next run)",
-            file=sys.stderr,
-            flush=True,
-        )
-    for t in pending:
-        t.join()
-
-
-def _compile(run: Callable[[], None]) -> None:
-    with compiling_note():
-        run()
 
 
 def _tiny_run(dtype: torch.dtype) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmkit.ops import numba_compile
 from ssmkit.ops.selective_scan import cpu_numba as mamba_kernels
 from ssmkit.ops.ssd.numba_steps import (
     _back_one,
@@ -292,7 +293,7 @@ def ssd_numba(
 
 def ready(dtype: torch.dtype) -> bool:
     """Whether the forward and backward kernels for ``dtype`` are compiled (or loaded)."""
-    return njit is not None and mamba_kernels.compiled_for(dtype, (_fwd, _bwd))
+    return njit is not None and numba_compile.compiled_for(dtype, (_fwd, _bwd))
 
 
 def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
@@ -300,7 +301,7 @@ def warm_up(dtype: torch.dtype = torch.float32, wait: bool = True) -> None:
     ``wait=False`` does it in a background thread and returns at once."""
     if njit is None or ready(dtype):
         return
-    mamba_kernels.compile_once(("ssd", dtype), lambda: _tiny_run(dtype), wait)
+    numba_compile.compile_once(("ssd", dtype), lambda: _tiny_run(dtype), wait)
 
 
 def _tiny_run(dtype: torch.dtype) -> None:
